@@ -1,0 +1,26 @@
+"""Algorithms as registered functions (DESIGN.md §5): advantages, surrogates, reductions, KL, DAPO shaping.
+
+Imports nothing heavier than numpy and torch.
+"""
+from .advantages import ADVANTAGES, missing_inputs, register_advantage
+from .dapo import keep_groups_with_signal, overlong_penalty
+from .kl import KL, kl_penalty
+from .losses import STAT_KEYS, SURROGATES, register_surrogate
+from .reduce import REDUCTIONS, ReduceScale, reduce, scale_for
+
+__all__ = [
+    "ADVANTAGES",
+    "KL",
+    "REDUCTIONS",
+    "STAT_KEYS",
+    "SURROGATES",
+    "ReduceScale",
+    "keep_groups_with_signal",
+    "kl_penalty",
+    "missing_inputs",
+    "overlong_penalty",
+    "reduce",
+    "register_advantage",
+    "register_surrogate",
+    "scale_for",
+]

@@ -1,0 +1,141 @@
+"""agentrl train | sft | eval | envs | check-env | init-model | print-config"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _config(args):
+    from .config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_print_config(args) -> int:
+    from .config import dump_config
+
+    print(dump_config(_config(args)), end="")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .trainer import Trainer
+
+    cfg = _config(args)
+    if args.resume:
+        cfg.train.run_dir = args.resume
+    final = Trainer(cfg, resume=bool(args.resume)).run()
+    print(json.dumps({"run_dir": cfg.train.run_dir, **final}, indent=1))
+    return 0
+
+
+def cmd_sft(args) -> int:
+    """SFT only: warm-start from expert demos, save the model to RUN_DIR/sft and evaluate it."""
+    from .trainer import Trainer
+
+    cfg = _config(args)
+    cfg.sft.enabled = True
+    cfg.train.steps = 0
+    cfg.train.plot = False
+    tr = Trainer(cfg)
+    tr.sft()
+    out = os.path.join(cfg.train.run_dir, "sft")
+    tr.model.save_pretrained(out)
+    tr.tokenizer.save_pretrained(out)
+    m = tr.log_eval(0)
+    print(json.dumps({"model": out, **m}, indent=1))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .trainer import Trainer
+
+    cfg = _config(args)
+    if args.model:
+        cfg.model.path, cfg.model.init = args.model, None
+    cfg.sft.enabled = False
+    cfg.train.steps, cfg.train.plot, cfg.train.progress = 0, False, False
+    if args.n_tasks:
+        cfg.eval.n_tasks = args.n_tasks
+    tr = Trainer(cfg)
+    m = tr.log_eval(0)
+    print(json.dumps(m, indent=1))
+    return 0
+
+
+def cmd_envs(args) -> int:
+    from .envs import describe, registered_ids
+
+    for env_id in registered_ids():
+        d = describe(env_id)
+        tools = ", ".join(d.get("tools", [])) or "-"
+        print(f"{env_id:28s} {d.get('description', '')}\n{'':28s} tools: {tools}")
+    return 0
+
+
+def cmd_check_env(args) -> int:
+    from .env.checker import check_env
+
+    report = check_env(args.env_id, n_random=args.n_random, seed=args.seed)
+    print(json.dumps(report, indent=1, default=str))
+    print(f"{args.env_id}: all checks passed")
+    return 0
+
+
+def cmd_init_model(args) -> int:
+    from .models import init_model
+
+    path = init_model(args.size, args.out, seed=args.seed)
+    print(f"saved a {args.size} model to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentrl", description="Multi-turn RL for LLM agents.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(name, fn, help_):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("config", nargs="?", help="YAML config (partial override of the defaults)")
+        s.add_argument("overrides", nargs="*", help="a.b=value overrides")
+        s.set_defaults(fn=fn)
+        return s
+
+    t = with_config("train", cmd_train, "SFT warm start (if enabled) then RL")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    with_config("sft", cmd_sft, "SFT on expert demonstrations only")
+    e = with_config("eval", cmd_eval, "evaluate a model on held-out tasks")
+    e.add_argument("--model", help="model path (overrides model.path)")
+    e.add_argument("--n-tasks", type=int, default=0)
+    with_config("print-config", cmd_print_config, "print the resolved config")
+    s = sub.add_parser("envs", help="list registered environments")
+    s.set_defaults(fn=cmd_envs)
+    c = sub.add_parser("check-env", help="Gymnasium's check_env plus agentrl's checks")
+    c.add_argument("env_id")
+    c.add_argument("--n-random", type=int, default=1000)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(fn=cmd_check_env)
+    m = sub.add_parser("init-model", help="build a local Qwen2-architecture model + tokenizer")
+    m.add_argument("out")
+    m.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(fn=cmd_init_model)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"agentrl {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

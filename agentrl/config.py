@@ -1,0 +1,246 @@
+"""Nested dataclasses are the schema; YAML is a partial override; CLI `a.b=c` overrides that. Unknown keys raise."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .registry import did_you_mean
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    path: str = "runs/models/tiny"  # local dir or hub id of any HF causal LM
+    init: Optional[str] = "tiny"  # build a local model of this size (tiny|small) when `path` does not exist
+    dtype: str = "float32"  # float32 | bfloat16
+    tokenizer_seed: int = 0
+
+
+@dataclass
+class EnvConfig:
+    id: str = "agentrl/Calculator-v0"
+    kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
+    train_seed: int = 0  # train tasks are drawn from this seed stream
+    eval_seed: int = 10_000  # held-out tasks come from a disjoint split
+
+
+@dataclass
+class RolloutConfig:
+    strategy: str = "chain"
+    tasks_per_step: int = 16
+    group_size: int = 8  # G rollouts per task
+    max_turns: int = 4
+    max_new_tokens: int = 48  # per turn
+    max_total_tokens: int = 384  # prompt + all turns; beyond this the episode is truncated
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k_logprobs: int = 0  # >0 returns top-k logprobs per sampled token (ARPO entropy)
+    tool_timeout_s: float = 5.0
+    tool_workers: int = 8  # threads that run env steps (tool calls) concurrently
+    # Render info["tools"] JSON schemas into the chat template? None = only when the env's parser is not "tags"
+    # (tag-style envs already describe their tools in the system prompt, as Search-R1/ARPO prompts do).
+    render_tools: Optional[bool] = None
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO soft overlong punishment (ALGORITHMS.md › DAPO)."""
+
+    enabled: bool = False
+    max_len: int = 256  # L_max in generated tokens per trajectory
+    cache_len: int = 64  # L_cache
+    factor: float = 1.0
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"  # ADVANTAGES: grpo | dr_grpo | rloo | ...
+    scale_by_std: bool = True  # GRPO: divide by (std + epsilon); False = Dr. GRPO
+    epsilon: float = 1e-6
+    surrogate: str = "ppo_clip"  # SURROGATES: ppo_clip | gspo
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: Optional[float] = None  # c for A<0 (3.0 in verl), None = off
+    gspo_clip_low: float = 3e-4
+    gspo_clip_high: float = 4e-4
+    reduce: str = "token_mean"  # REDUCTIONS
+    kl_coef: float = 0.0  # > 0 loads a reference model
+    kl_type: str = "k3"  # KL: k1 | k2 | k3
+    kl_in: str = "loss"  # loss | reward
+    old_logprobs: str = "learner"  # learner (recompute) | sampler (strictly on-policy)
+    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer steps per collected batch (per epoch)
+    dynamic_sampling: bool = False  # DAPO: drop groups with zero reward std and refill
+    max_num_gen_batches: int = 10
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    grad_clip: float = 1.0
+    micro_batch_size: int = 16
+    dtype: str = "float32"  # float32 | bfloat16 (autocast)
+    warmup_steps: int = 0
+
+
+@dataclass
+class BackendConfig:
+    generator: str = "hf"  # hf | scripted | vllm | openai
+    device: str = "auto"  # auto | cpu | cuda
+    gen_batch_size: int = 256  # max sequences per generate call
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = False
+    n_demos: int = 2000
+    corrupt_share: float = 0.0  # share of expert demos replaced by corrupted ones
+    epochs: int = 2
+    lr: float = 3e-3
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    n_tasks: int = 100
+    every: int = 0  # evaluate every N steps (0 = only before and after training)
+    temperature: float = 0.0  # 0 = greedy
+    samples_per_task: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    seed: int = 0
+    run_dir: str = "runs/default"
+    save_every: int = 10
+    log_trajectories: int = 4  # trajectories written per step to trajectories.jsonl
+    progress: bool = True
+    plot: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union:  # Optional[X]
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _merge(tp(), value, where)
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp in (int, float):
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is tuple or origin is tuple:
+        return tuple(value)
+    return value  # dict and other free-form values
+
+
+def _merge(obj: Any, override: dict, where: str = "") -> Any:
+    hints = get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    for key, value in override.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r}." + did_you_mean(key, names))
+        current = getattr(obj, key)
+        if is_dataclass(current) and isinstance(value, dict):
+            _merge(current, value, path)
+        elif isinstance(current, dict) and isinstance(value, dict):  # free-form dicts (env.kwargs) merge by key
+            setattr(obj, key, {**current, **value})
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+    return obj
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['a.b=3', 'c=x'] -> {'a': {'b': 3}, 'c': 'x'} (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form a.b=value")
+        key, _, raw = item.partition("=")
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    cfg = Config()
+    if path:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        _merge(cfg, data)
+    if overrides:
+        _merge(cfg, parse_overrides(overrides))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    d = dataclasses.asdict(cfg)
+
+    def fix(x):
+        if isinstance(x, tuple):
+            return list(x)
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        return x
+
+    return fix(d)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

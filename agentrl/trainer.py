@@ -1,0 +1,310 @@
+"""The loop: collect -> score -> logprobs -> advantages -> collate -> update -> sync, as named, timed phases.
+No phase branches on an algorithm's name; algorithms are registry entries chosen by the config."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .algos import ADVANTAGES, KL, REDUCTIONS, SURROGATES, keep_groups_with_signal, overlong_penalty
+from .backends.base import GENERATORS
+from .backends.learner import Learner, make_ref_model
+from .config import Config, ConfigError, dump_config
+from .data.collate import advantage_input, collate, token_advantages, with_fields
+from .eval import evaluate, summarize
+from .metrics import MetricsLogger, PhaseTimer, plot_curves
+from .rollout import ROLLOUTS, ROLLOUTS_PROVIDE, ChatTokenizer
+from .rollout.chain import make_env
+from .types import Trajectory
+
+CKPT = "checkpoints"
+
+
+def validate(cfg: Config) -> None:
+    """Fail before the first rollout: registry names, env id, backend, estimator requirements."""
+    import gymnasium
+
+    from . import envs  # noqa: F401  (registers agentrl/* ids)
+
+    for reg, name in [(ADVANTAGES, cfg.algo.advantage), (SURROGATES, cfg.algo.surrogate),
+                      (REDUCTIONS, cfg.algo.reduce), (KL, cfg.algo.kl_type), (ROLLOUTS, cfg.rollout.strategy)]:
+        try:
+            reg.get(name)
+        except KeyError as e:
+            raise ConfigError(str(e).strip('"')) from None
+    if cfg.env.id not in gymnasium.registry:
+        from .registry import did_you_mean
+
+        known = sorted(i for i in gymnasium.registry if i.startswith("agentrl/"))
+        raise ConfigError(f"unknown env id {cfg.env.id!r}; registered: {', '.join(known)}."
+                          + did_you_mean(cfg.env.id, known))
+    if cfg.backend.generator not in ("hf",) and cfg.backend.generator not in GENERATORS:
+        raise ConfigError(f"unknown generator backend {cfg.backend.generator!r}; known: hf, "
+                          + ", ".join(GENERATORS.names()))
+    need = set(getattr(ADVANTAGES.get(cfg.algo.advantage), "requires", ()))
+    missing = need - ROLLOUTS_PROVIDE.get(cfg.rollout.strategy, set())
+    if missing:
+        raise ConfigError(f"advantage {cfg.algo.advantage!r} needs {sorted(missing)}, which rollout strategy "
+                          f"{cfg.rollout.strategy!r} does not provide")
+    if cfg.algo.kl_in not in ("loss", "reward"):
+        raise ConfigError(f"algo.kl_in must be 'loss' or 'reward', got {cfg.algo.kl_in!r}")
+    if cfg.algo.old_logprobs not in ("learner", "sampler"):
+        raise ConfigError(f"algo.old_logprobs must be 'learner' or 'sampler', got {cfg.algo.old_logprobs!r}")
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def ensure_model(cfg: Config) -> str:
+    from .models import init_model
+
+    path = cfg.model.path
+    if not os.path.exists(path) and cfg.model.init:
+        init_model(cfg.model.init, path, seed=cfg.model.tokenizer_seed)
+    return path
+
+
+def make_generator(cfg: Config, model, tokenizer):
+    """The learner's model is shared with an in-process HF generator (weight sync is then free)."""
+    if cfg.backend.generator == "hf":
+        from .backends.hf import HFGenerator
+
+        return HFGenerator(model, tokenizer, max_batch=cfg.backend.gen_batch_size)
+    return GENERATORS.get(cfg.backend.generator)(cfg=cfg, model=model, tokenizer=tokenizer)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False):
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = cfg.train.run_dir
+        os.makedirs(os.path.join(self.run_dir, CKPT), exist_ok=True)
+        self.resume_from = latest_checkpoint(self.run_dir) if resume else None
+        if resume and self.resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.run_dir}/{CKPT}")
+        self.timer = PhaseTimer()
+        self.logger = MetricsLogger(self.run_dir)
+        self.start_step = 0
+        self._setup()
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from .models import load_model
+
+        cfg = self.cfg
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        device = pick_device(cfg.backend.device)
+        path = self.resume_from or ensure_model(cfg)
+        self.model, self.tokenizer = load_model(path, dtype=cfg.model.dtype, device=device)
+        self.chat = ChatTokenizer(self.tokenizer)
+        ref = make_ref_model(self.model) if cfg.algo.kl_coef > 0 else None
+        self.learner = Learner(self.model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
+        self.generator = make_generator(cfg, self.model, self.tokenizer)
+        self.collector = ROLLOUTS.get(cfg.rollout.strategy)(cfg.env.id, cfg.env.kwargs, self.generator,
+                                                            self.chat, cfg.rollout)
+        self.task_env = make_env(cfg.env.id, cfg.env.kwargs, cfg.rollout.max_turns).unwrapped
+        self.eval_tasks = self.task_env.make_tasks("test", cfg.eval.n_tasks, cfg.env.eval_seed)
+        if self.resume_from:
+            state = torch.load(os.path.join(self.resume_from, "trainer_state.pt"), weights_only=False)
+            self.learner.load_state_dict(state["learner"])
+            self.start_step = int(state["step"])
+            self.logger.truncate_after(self.start_step)
+        else:
+            with open(os.path.join(self.run_dir, "resolved_config.yaml"), "w") as f:
+                f.write(dump_config(cfg))
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        cfg = self.cfg
+        if self.start_step == 0:
+            if cfg.sft.enabled:
+                with self.timer("sft"):
+                    self.sft()
+            self.log_eval(0)
+        bar = _progress(cfg.train.progress, self.start_step, cfg.train.steps)
+        for step in range(self.start_step + 1, cfg.train.steps + 1):
+            metrics = self.step(step)
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+                self.log_eval(step)
+            if cfg.train.save_every and step % cfg.train.save_every == 0:
+                self.save(step)
+            bar.update(metrics)
+        final = self.log_eval(cfg.train.steps) if cfg.train.steps > self.start_step else {}
+        self.save(cfg.train.steps)
+        bar.close()
+        if cfg.train.plot:
+            plot_curves(self.run_dir)
+        return final
+
+    def sft(self) -> None:
+        from .sft import make_demonstrations, sft_train
+
+        s = self.cfg.sft
+        tasks = self.task_env.make_tasks("train", s.n_demos, seed=s.seed + 77)
+        demos = make_demonstrations(self.cfg.env.id, self.cfg.env.kwargs, tasks, self.chat,
+                                    self.cfg.rollout.max_turns, s.corrupt_share, s.seed, self.cfg.rollout.render_tools)
+        demo_stats = {"sft/demos": len(demos), "sft/demo_success": float(np.mean([d.success for d in demos]))}
+        sft_train(self.model, demos, s, self.tokenizer.pad_token_id,
+                  log=lambda m: self.logger.log({"train/step": 0, **demo_stats, **m}))
+
+    def log_eval(self, step: int) -> dict:
+        with self.timer("eval"):
+            m, trajs = evaluate(self.collector, self.eval_tasks, self.cfg.eval.temperature,
+                                self.cfg.eval.samples_per_task, seed=self.cfg.env.eval_seed)
+        self.logger.log({"train/step": step, **m})
+        self._write_trajectories(step, trajs[: self.cfg.train.log_trajectories], "eval")
+        return m
+
+    # ------------------------------------------------------------------ one step
+    def step(self, step: int) -> dict:
+        cfg, t = self.cfg, self.timer
+        with t("collect"):
+            trajs, rollout_m = self.collect(step)
+        with t("score"):
+            scored, scores, score_m = self.score(trajs)
+        with t("collate"):
+            batch = collate(scored, self.tokenizer.pad_token_id)
+        with t("old_logprobs"):
+            batch, lp_m = self.old_logprobs(batch)
+        with t("ref_logprobs"):
+            batch, scores, kl_m = self.reference(batch, scores)
+        with t("advantages"):
+            adv = ADVANTAGES.get(cfg.algo.advantage)(advantage_input(scored, scores), cfg.algo)
+            batch = with_fields(batch, advantages=token_advantages(scored, adv, batch.input_ids.shape[1]))
+        with t("update"):
+            update_m = self.learner.update(batch) if batch.size else {}
+        with t("sync"):
+            self.generator.sync_weights(self.model)
+        perf = t.pop()
+        n_tok = float(batch.loss_mask.sum())
+        perf["perf/step_time"] = sum(v for k, v in perf.items() if k.startswith("perf/time/"))
+        perf["perf/gen_tokens_per_s"] = n_tok / max(perf.get("perf/time/collect", 1e-9), 1e-9)
+        metrics = {"train/step": step, **rollout_m, **score_m, **lp_m, **kl_m, **update_m,
+                   "rollout/adv_abs_mean": float(np.abs(adv[adv != 0]).mean()) if np.any(adv != 0) else 0.0, **perf}
+        self.logger.log(metrics)
+        self._write_trajectories(step, trajs[: cfg.train.log_trajectories], "train")
+        return metrics
+
+    def collect(self, step: int) -> tuple[list[Trajectory], dict]:
+        """One batch of groups; with dynamic sampling, more rounds until enough groups carry signal."""
+        r, a = self.cfg.rollout, self.cfg.algo
+        kept: list[Trajectory] = []
+        rounds, seen = 0, []
+        while True:
+            seed = self.cfg.train.seed * 1_000_003 + step * 101 + rounds
+            tasks = self.task_env.make_tasks("train", r.tasks_per_step, seed=self.cfg.env.train_seed + seed)
+            trajs = self.collector.collect(tasks, r.group_size, seed=seed, group_prefix=f"s{step}r{rounds}:")
+            seen += trajs
+            rounds += 1
+            if not a.dynamic_sampling:
+                kept = trajs
+                break
+            ok = [t for t in trajs if t.reward is not None]
+            keep = keep_groups_with_signal(np.array([t.reward for t in ok]), np.array([t.group_id for t in ok]))
+            kept += [t for t, k in zip(ok, keep) if k]
+            if len({t.group_id for t in kept}) >= r.tasks_per_step or rounds >= a.max_num_gen_batches:
+                break
+        if a.dynamic_sampling:
+            groups = list(dict.fromkeys(t.group_id for t in kept))[: r.tasks_per_step]
+            kept = [t for t in kept if t.group_id in set(groups)]
+        m = summarize(seen, prefix="rollout/")
+        m.pop("rollout/n", None)
+        m.update({"rollout/gen_rounds": rounds, "rollout/trajectories": len(kept),
+                  "rollout/env_errors": self.collector.stats.get("env_errors", 0),
+                  "rollout/truncated_share": float(np.mean([t.turns[-1].truncated for t in seen if t.turns]))})
+        return kept, m
+
+    def score(self, trajs: list[Trajectory]):
+        """Outcome score per trajectory (+ DAPO overlong shaping). Unscorable ones are excluded and counted."""
+        ok = [t for t in trajs if t.reward is not None]
+        scores = np.array([t.reward for t in ok], dtype=np.float64)
+        o = self.cfg.algo.overlong
+        if o.enabled and ok:
+            pen = overlong_penalty(np.array([t.n_action_tokens for t in ok]), o.max_len, o.cache_len, o.factor)
+            scores = scores + pen
+            for t, p in zip(ok, pen):
+                t.reward_parts["overlong"] = float(p)
+        m = {"rollout/unscorable": len(trajs) - len(ok),
+             "rollout/reward_mean": float(scores.mean()) if len(scores) else 0.0,
+             "rollout/reward_std": float(scores.std()) if len(scores) else 0.0}
+        return ok, scores, m
+
+    def old_logprobs(self, batch):
+        if not batch.size:
+            return batch, {}
+        sampler = batch.old_logprobs
+        if self.cfg.algo.old_logprobs == "sampler":
+            return batch, {}
+        learner = self.learner.logprobs(batch)
+        mask = batch.loss_mask
+        diff = ((learner - sampler).abs() * mask).sum() / mask.sum().clamp(min=1)
+        return with_fields(batch, old_logprobs=learner), {"actor/logprob_mismatch": float(diff)}
+
+    def reference(self, batch, scores):
+        a = self.cfg.algo
+        if a.kl_coef <= 0 or not batch.size:
+            return batch, scores, {}
+        ref = self.learner.logprobs(batch, model=self.learner.ref_model)
+        kl = KL.get(a.kl_type)(batch.old_logprobs, ref) * batch.loss_mask  # [B, T]
+        m = {"actor/kl_ref": float(kl.sum() / batch.loss_mask.sum().clamp(min=1))}
+        if a.kl_in == "reward":  # r - beta * sum_t kl_t on the outcome score (outcome-level GRPO form)
+            scores = scores - a.kl_coef * kl.sum(-1).double().numpy()
+        return with_fields(batch, ref_logprobs=ref), scores, m
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, step: int) -> str:
+        path = os.path.join(self.run_dir, CKPT, f"step_{step:06d}")
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        torch.save({"step": step, "learner": self.learner.state_dict()}, os.path.join(path, "trainer_state.pt"))
+        with open(os.path.join(self.run_dir, CKPT, "latest"), "w") as f:
+            f.write(os.path.basename(path))
+        return path
+
+    def _write_trajectories(self, step: int, trajs: list[Trajectory], split: str) -> None:
+        with open(os.path.join(self.run_dir, "trajectories.jsonl"), "a") as f:
+            for t in trajs:
+                f.write(json.dumps({
+                    "step": step, "split": split, "id": t.id, "group": t.group_id, "reward": t.reward,
+                    "success": t.success, "prompt": self.chat.decode(t.prompt_ids),
+                    "turns": [{"action": u.action_text, "obs": self.chat.decode(u.obs_ids), "reward": u.reward,
+                               "valid": u.action_valid} for u in t.turns],
+                }) + "\n")
+
+
+def latest_checkpoint(run_dir: str) -> Optional[str]:
+    marker = os.path.join(run_dir, CKPT, "latest")
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return os.path.join(run_dir, CKPT, f.read().strip())
+
+
+class _progress:
+    """tqdm bar with the live sampled success rate; silent when disabled."""
+
+    def __init__(self, enabled: bool, start: int, total: int):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="RL", unit="step", dynamic_ncols=True)
+
+    def update(self, m: dict) -> None:
+        if self.bar:
+            self.bar.set_postfix(success=f"{m.get('rollout/success', 0):.2f}",
+                                 reward=f"{m.get('rollout/reward_mean', 0):.2f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
