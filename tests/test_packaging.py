@@ -4,8 +4,6 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,7 +15,6 @@ def test_editable_install_maps_envs_and_tools():
     assert os.path.samefile(os.path.dirname(agentrl.tools.__file__), os.path.join(ROOT, "tools"))
 
 
-@pytest.mark.slow
 def test_wheel_contains_envs_and_tools_under_agentrl(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), ROOT], check=True)

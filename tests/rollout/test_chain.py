@@ -89,7 +89,8 @@ class _BrokenToolEnv(ToolEnv):
         return [boom, hang]
 
     def sample_task(self, rng, split):
-        return Task(id="t", env_id="test/Broken-v0", options={"q": "x"}, answer="42", split=split)
+        q = str(rng.integers(10**9))
+        return Task(id=q, env_id="test/Broken-v0", options={"q": q}, answer="42", split=split)
 
     def task_prompt(self, task):
         return "Compute 1."
