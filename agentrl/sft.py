@@ -83,7 +83,7 @@ def sft_train(model, demos: Sequence[Trajectory], cfg: SFTConfig, pad_id: int,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             n = float(mask.sum())
-            tot_loss += float(loss) * n
+            tot_loss += loss.item() * n
             tot_tok += n
             tot_acc += float(((lp.detach() > np.log(0.5)).float() * mask).sum())
         metrics = {"sft/epoch": epoch + 1, "sft/loss": tot_loss / tot_tok, "sft/confident_share": tot_acc / tot_tok}
