@@ -108,13 +108,11 @@ class ChainCollector:
         reqs = [GenRequest(e.context, max_new_tokens=max(0, min(params.max_new_tokens, budget - len(e.context))))
                 for e in active]
         comps = self.gen.generate(reqs, SamplingParams(**{**params.__dict__, "seed": seed}))
-        texts = [c.text or (self.tok_text(c.ids) if c.ids else "") for c in comps]
+        decode = self.chat.tok.decode  # only for generators that return ids without text
+        texts = [c.text or decode(list(c.ids), skip_special_tokens=True) for c in comps]
         results = list(self.pool.map(_safe_step, [e.env for e in active], texts))
         for e, c, text, res in zip(active, comps, texts, results):
             self._record(e, c, text, res, version)
-
-    def tok_text(self, ids) -> str:
-        return self.chat.tok.decode(list(ids), skip_special_tokens=True)
 
     def _record(self, e: _Episode, comp, text: str, res, version: int) -> None:
         obs, reward, term, trunc, info, error = res
