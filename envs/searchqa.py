@@ -157,7 +157,9 @@ class SearchQAEnv(ToolEnv):
     kwargs: kb_seed (synthetic KB), n_entities (KB size), hops (allowed hop counts, e.g. (1, 2)), k (documents
     per search by default), reward ("em" exact match or "f1" token F1 of the normalised answer), format_penalty
     (subtracted for invalid replies), corpus_path / qa_path (user JSONL data instead of the synthetic KB),
-    index_cache_dir / index_cache (on-disk BM25 index cache), plus ToolEnv's max_turns, parser, system, ...
+    index_cache_dir / index_cache (on-disk BM25 index cache), web_search (None, or the keyword arguments of
+    tools/web_search.py:make_web_search_tool, e.g. {"base_url": ..., "allowed_hosts": [...]}: adds a
+    `web_search` tool next to `search`), plus ToolEnv's max_turns, parser, system, ...
     """
 
     default_env_id = "agentrl/SearchQA-v0"
@@ -165,7 +167,7 @@ class SearchQAEnv(ToolEnv):
     def __init__(self, kb_seed: int = 0, n_entities: int = 200, hops: Union[int, Sequence[int]] = (1, 2, 3),
                  k: int = 3, reward: str = "em", format_penalty: float = 0.0, corpus_path: Optional[str] = None,
                  qa_path: Optional[str] = None, index_cache_dir: Optional[str] = None, index_cache: bool = True,
-                 max_turns: int = 4, **kwargs):
+                 max_turns: int = 4, web_search: Optional[dict] = None, **kwargs):
         if format_penalty:
             kwargs["invalid_penalty"] = -abs(float(format_penalty))
         super().__init__(max_turns=max_turns, **kwargs)
@@ -195,6 +197,7 @@ class SearchQAEnv(ToolEnv):
         if not self.questions:
             raise ValueError("no questions to ask (check qa_path or hops)")
         self.index = BM25Index(docs, cache_dir=index_cache_dir, cache=index_cache)
+        self.web_search_tool = self._make_web_search(web_search)
         self.searched: set[str] = set()
 
     @staticmethod
@@ -209,8 +212,23 @@ class SearchQAEnv(ToolEnv):
         return qa
 
     # ------------------------------------------------------------------ tasks
+    @staticmethod
+    def _make_web_search(options: Optional[dict]) -> Optional[Callable]:
+        if options is None:
+            return None
+        if not isinstance(options, dict) or "base_url" not in options or "allowed_hosts" not in options:
+            raise ValueError('web_search must be a dict with at least "base_url" and "allowed_hosts", '
+                             f"got {options!r:.200}")
+        from agentrl.tools.web_search import make_web_search_tool  # local import: httpx only when configured
+
+        try:
+            return make_web_search_tool(**options)
+        except TypeError as e:  # an unknown option name
+            raise ValueError(f"web_search: {e}") from None
+
     def tools(self) -> list[Callable]:
-        return [make_search_tool(self.index, self.k)]
+        web = [self.web_search_tool] if self.web_search_tool is not None else []
+        return [make_search_tool(self.index, self.k), *web]
 
     def system_prompt(self) -> str:
         return ("Answer the question. The facts are fictional: look them up with the search tool, one step at a "
