@@ -26,6 +26,8 @@ class ModelConfig:
 class EnvConfig:
     id: str = "agentrl/Calculator-v0"
     kwargs: dict = field(default_factory=dict)  # passed to gymnasium.make
+    # gymnasium wrappers applied in order, each {"name": ..., **kwargs}; e.g. [{name: unary_feedback}] (UFO)
+    wrappers: list = field(default_factory=list)
     train_seed: int = 0  # train tasks are drawn from this seed stream
     eval_seed: int = 10_000  # held-out tasks come from a disjoint split
 
@@ -93,6 +95,8 @@ class AlgoConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1  # optimizer steps per collected batch (per epoch)
     dynamic_sampling: bool = False  # DAPO: drop groups with zero reward std and refill
+    # UFO: train only this share of groups, those with the largest reward std (reference: 0.25); 1.0 = all
+    std_filter_ratio: float = 1.0
     max_num_gen_batches: int = 10
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     # Tree-GRPO (advantage: tree_grpo): tree = A_inter + A_intra | tree_2norm = by task, then renormalised by tree

@@ -41,11 +41,12 @@ def demonstration(env, task: Task, chat: ChatTokenizer, max_turns: int, corrupt_
 
 def make_demonstrations(env_id: str, env_kwargs: dict, tasks: Sequence[Task], chat: ChatTokenizer,
                         max_turns: int, corrupt_share: float, seed: int,
-                        render_tools: Optional[bool] = None, corrupt_turn: int = -1) -> list[Trajectory]:
+                        render_tools: Optional[bool] = None, corrupt_turn: int = -1,
+                        wrappers: Sequence[dict] = ()) -> list[Trajectory]:
     """One expert demonstration per task. A `corrupt_share` of them has one action replaced by the env's
     corrupt_action: at turn `corrupt_turn` (clipped to the demo's last turn), or at a uniformly random turn when
     corrupt_turn is -1."""
-    env = make_env(env_id, env_kwargs, max_turns)
+    env = make_env(env_id, env_kwargs, max_turns, wrappers)
     rng = np.random.default_rng(seed)
     demos = []
     for task in tasks:

@@ -10,7 +10,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .algos import ADVANTAGES, KL, REDUCTIONS, SURROGATES, keep_groups_with_signal, overlong_penalty
+from .algos import (ADVANTAGES, KL, REDUCTIONS, SURROGATES, keep_groups_with_signal, keep_top_std_groups,
+                    overlong_penalty)
 from .backends.base import GENERATORS
 from .backends.learner import Learner, make_ref_model
 from .config import Config, ConfigError, dump_config
@@ -56,6 +57,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"algo.kl_in must be 'loss' or 'reward', got {cfg.algo.kl_in!r}")
     if cfg.algo.old_logprobs not in ("learner", "sampler"):
         raise ConfigError(f"algo.old_logprobs must be 'learner' or 'sampler', got {cfg.algo.old_logprobs!r}")
+    if not 0.0 < cfg.algo.std_filter_ratio <= 1.0:
+        raise ConfigError(f"algo.std_filter_ratio must be in (0, 1], got {cfg.algo.std_filter_ratio!r}")
+    from .env.feedback import WRAPPERS
+
+    for i, w in enumerate(cfg.env.wrappers):
+        if not isinstance(w, dict) or not isinstance(w.get("name"), str):
+            raise ConfigError(f"env.wrappers[{i}] must be a mapping with a 'name' (e.g. {{name: unary_feedback}}), "
+                              f"got {w!r}")
+        try:
+            WRAPPERS.get(w["name"])
+        except KeyError as e:
+            raise ConfigError(str(e).strip('"')) from None
     for name in ("corrupt_share", "warmup_ratio", "min_lr_ratio"):
         if not 0.0 <= getattr(cfg.sft, name) <= 1.0:
             raise ConfigError(f"sft.{name} must be in [0, 1], got {getattr(cfg.sft, name)!r}")
@@ -123,7 +136,7 @@ class Trainer:
         self.learner = Learner(self.model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
         self.generator = make_generator(cfg, self.model, self.tokenizer)
         self.collector = ROLLOUTS.get(cfg.rollout.strategy)(cfg.env.id, cfg.env.kwargs, self.generator,
-                                                            self.chat, cfg.rollout)
+                                                            self.chat, cfg.rollout, wrappers=cfg.env.wrappers)
         self.task_env = make_env(cfg.env.id, cfg.env.kwargs, cfg.rollout.max_turns).unwrapped
         self.eval_tasks = self.task_env.make_tasks("test", cfg.eval.n_tasks, cfg.env.eval_seed)
         if self.resume_from:
@@ -166,7 +179,7 @@ class Trainer:
         tasks = self.task_env.make_tasks("train", s.n_demos, seed=s.seed + 77)
         demos = make_demonstrations(self.cfg.env.id, self.cfg.env.kwargs, tasks, self.chat,
                                     self.cfg.rollout.max_turns, s.corrupt_share, s.seed, self.cfg.rollout.render_tools,
-                                    s.corrupt_turn)
+                                    s.corrupt_turn, wrappers=self.cfg.env.wrappers)
         demo_stats = {"sft/demos": len(demos), "sft/demo_success": float(np.mean([d.success for d in demos]))}
         sft_train(self.model, demos, s, self.tokenizer.pad_token_id,
                   log=lambda m: self.logger.log({"train/step": 0, **demo_stats, **m}))
@@ -233,9 +246,16 @@ class Trainer:
         if a.dynamic_sampling:
             groups = list(dict.fromkeys(t.group_id for t in kept))[: r.tasks_per_step]
             kept = [t for t in kept if t.group_id in set(groups)]
+        n_before = len(kept)
+        if a.std_filter_ratio < 1.0:  # UFO / RAGEN: only the groups whose rewards vary most
+            ok = [t for t in kept if t.reward is not None]
+            mask = keep_top_std_groups(np.array([t.reward for t in ok]), np.array([t.group_id for t in ok]),
+                                       a.std_filter_ratio)
+            kept = [t for t, k in zip(ok, mask) if k]
         m = summarize(seen, prefix="rollout/")
         m.pop("rollout/n", None)
         m.update({"rollout/gen_rounds": rounds, "rollout/trajectories": len(kept),
+                  "rollout/filtered_out": n_before - len(kept),
                   "rollout/env_errors": self.collector.stats.get("env_errors", 0),
                   "rollout/truncated_share": float(np.mean([t.turns[-1].truncated for t in seen if t.turns]))})
         m.update({k: v for k, v in self.collector.stats.items() if k.startswith("rollout/")})  # last round's

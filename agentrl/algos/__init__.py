@@ -9,6 +9,7 @@ from .gigpo import gigpo_terms
 from .kl import KL, kl_penalty
 from .losses import STAT_KEYS, SURROGATES, register_surrogate
 from .reduce import REDUCTIONS, ReduceScale, reduce, scale_for
+from .ufo import keep_top_std_groups
 from . import tree_grpo  # noqa: F401  (registers the "tree_grpo" advantage)
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "branch_probability",
     "gigpo_terms",
     "keep_groups_with_signal",
+    "keep_top_std_groups",
     "kl_penalty",
     "missing_inputs",
     "overlong_penalty",

@@ -296,7 +296,8 @@ class ToolEnv(gymnasium.Env):
         truncated = not terminated and self.turn >= self.max_turns
         self.done, self.last_obs = terminated or truncated, obs
         info = {"messages": messages, "anchor": self.anchor(), "action_valid": parsed.error is None,
-                "n_tool_calls": n_calls, "success": bool(success), "turn": self.turn, "parse_error": parsed.error}
+                "n_tool_calls": n_calls, "success": bool(success), "turn": self.turn, "parse_error": parsed.error,
+                "answer": parsed.answer if parsed.error is None else None}
         self.last_info = info
         return obs, float(reward), terminated, truncated, info
 

@@ -26,11 +26,14 @@ class _Episode:
     snapshots: list = field(default_factory=list)  # env state after each turn (envs with supports_snapshot only)
 
 
-def make_env(env_id: str, kwargs: dict, max_turns: int) -> gymnasium.Env:
+def make_env(env_id: str, kwargs: dict, max_turns: int, wrappers: Sequence[dict] = ()) -> gymnasium.Env:
+    """gymnasium.make(env_id, max_turns=max_turns, **kwargs), then the configured wrappers (env.wrappers)."""
+    from ..env.feedback import apply_wrappers
+
     kw = dict(kwargs)
     kw.setdefault("max_turns", max_turns)
     try:
-        return gymnasium.make(env_id, **kw)
+        return apply_wrappers(gymnasium.make(env_id, **kw), wrappers, max_turns)
     except gymnasium.error.Error as e:
         from ..registry import did_you_mean
 
@@ -52,9 +55,20 @@ def stop_strings(env: gymnasium.Env) -> list[str]:
     return list(env.unwrapped.stop_strings())
 
 
+def can_snapshot(env: gymnasium.Env) -> bool:
+    """The env supports snapshot()/restore() and no wrapper keeps state of its own (such wrappers set
+    supports_snapshot = False; branching then replays actions)."""
+    while isinstance(env, gymnasium.Wrapper):
+        if getattr(type(env), "supports_snapshot", True) is False:
+            return False
+        env = env.env
+    return bool(getattr(env, "supports_snapshot", False))
+
+
 class ChainCollector:
-    def __init__(self, env_id: str, env_kwargs: dict, generator, chat: ChatTokenizer, cfg: RolloutConfig):
-        self.env_id, self.env_kwargs = env_id, dict(env_kwargs)
+    def __init__(self, env_id: str, env_kwargs: dict, generator, chat: ChatTokenizer, cfg: RolloutConfig,
+                 wrappers: Sequence[dict] = ()):
+        self.env_id, self.env_kwargs, self.wrappers = env_id, dict(env_kwargs), list(wrappers)
         self.gen, self.chat, self.cfg = generator, chat, cfg
         self.envs: list[gymnasium.Env] = []
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.tool_workers))
@@ -64,7 +78,7 @@ class ChainCollector:
 
     def _env(self, i: int) -> gymnasium.Env:
         while len(self.envs) <= i:
-            self.envs.append(make_env(self.env_id, self.env_kwargs, self.cfg.max_turns))
+            self.envs.append(make_env(self.env_id, self.env_kwargs, self.cfg.max_turns, self.wrappers))
         return self.envs[i]
 
     def close(self) -> None:
@@ -151,7 +165,7 @@ class ChainCollector:
         env = self._new_env()
         base = env.unwrapped
         _, info = env.reset(seed=src.reset_seed, options={"task": src.traj.task})
-        if depth and getattr(base, "supports_snapshot", False) and len(src.snapshots) >= depth:
+        if depth and can_snapshot(env) and len(src.snapshots) >= depth:
             info = base.restore(src.snapshots[depth - 1])
         else:
             for k, turn in enumerate(src.traj.turns[:depth]):
@@ -206,7 +220,7 @@ class ChainCollector:
         turn.obs_messages = list(info.get("messages", []))
         e.traj.turns.append(turn)
         e.info = info
-        if getattr(e.env.unwrapped, "supports_snapshot", False) and not (term or trunc):
+        if can_snapshot(e.env) and not (term or trunc):
             e.snapshots.append(e.env.unwrapped.snapshot())
         if term or trunc:
             self._finish(e)
