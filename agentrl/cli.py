@@ -10,7 +10,10 @@ import sys
 def _config(args):
     from .config import load_config
 
-    return load_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not os.path.exists(config):  # no config file, only a.b=c overrides
+        config, overrides = None, [config] + overrides
+    return load_config(config, overrides)
 
 
 def cmd_print_config(args) -> int:
@@ -50,18 +53,19 @@ def cmd_sft(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .trainer import Trainer
+    """Evaluate a policy on held-out tasks (agentrl/eval/harness.py), or compare two stored evaluations."""
+    from .eval.harness import compare, markdown_table, run_eval
 
+    if args.compare:
+        print(compare(args.compare[0], args.compare[1], n_boot=args.n_boot, seed=args.seed), end="")
+        return 0
     cfg = _config(args)
-    if args.model:
-        cfg.model.path, cfg.model.init = args.model, None
-    cfg.sft.enabled = False
-    cfg.train.steps, cfg.train.plot, cfg.train.progress = 0, False, False
-    if args.n_tasks:
-        cfg.eval.n_tasks = args.n_tasks
-    tr = Trainer(cfg)
-    m = tr.log_eval(0)
-    print(json.dumps(m, indent=1))
+    ks = [int(k) for k in args.k.split(",")] if args.k else [1]
+    res = run_eval(cfg, model_path=args.model, feedback_turns=args.feedback_turns, samples=args.samples,
+                   n_tasks=args.n_tasks, temperature=args.temperature, seed=args.seed, ks=ks, out_dir=args.out)
+    print(markdown_table(res), end="")
+    if args.out:
+        print(f"wrote {args.out}/results.json, results.md, succ_at_turn.png")
     return 0
 
 
@@ -106,9 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     t = with_config("train", cmd_train, "SFT warm start (if enabled) then RL")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     with_config("sft", cmd_sft, "SFT on expert demonstrations only")
-    e = with_config("eval", cmd_eval, "evaluate a model on held-out tasks")
+    e = with_config("eval", cmd_eval, "evaluate a policy on held-out tasks (or --compare two evaluations)")
     e.add_argument("--model", help="model path (overrides model.path)")
-    e.add_argument("--n-tasks", type=int, default=0)
+    e.add_argument("--n-tasks", type=int, default=0, help="held-out tasks (default eval.n_tasks)")
+    e.add_argument("--feedback-turns", type=int, default=None,
+                   help="T turns with unary feedback ('Incorrect. Please think again.'); 1 = one "
+                        "turn; 0 = no feedback wrapper (the env's own episode)")
+    e.add_argument("--samples", type=int, default=0, help="samples per task (default eval.samples_per_task)")
+    e.add_argument("--k", default="", help="pass@k values, e.g. 1,4 (k <= samples)")
+    e.add_argument("--temperature", type=float, default=None, help="default eval.temperature (0 = greedy)")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed (tasks come from env.eval_seed)")
+    e.add_argument("--out", help="directory for results.json, results.md, succ_at_turn.png")
+    e.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two --out directories")
+    e.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for --compare")
     with_config("print-config", cmd_print_config, "print the resolved config")
     s = sub.add_parser("envs", help="list registered environments")
     s.set_defaults(fn=cmd_envs)
