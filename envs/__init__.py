@@ -12,6 +12,7 @@ _ENVS = {
     "agentrl/FrozenLake-v0": "agentrl.envs.frozenlake:FrozenLakeTextEnv",
     "agentrl/SearchQA-v0": "agentrl.envs.searchqa:SearchQAEnv",
     "agentrl/Math-v0": "agentrl.envs.mathword:MathEnv",
+    "agentrl/Code-v0": "agentrl.envs.code:CodeEnv",
     "agentrl/MiniWoB-v0": "agentrl.envs.miniwob:MiniWoBEnv",
 }
 
