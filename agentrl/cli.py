@@ -1,4 +1,4 @@
-"""agentrl train | sft | eval | envs | check-env | init-model | print-config"""
+"""agentrl train | sft | eval | reflect | distill | envs | check-env | init-model | print-config"""
 from __future__ import annotations
 
 import argparse
@@ -69,6 +69,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_reflect(args) -> int:
+    """Training-free GRPO: epochs of G rollouts per task with the current lessons, reflector updates of the lesson
+    library, then held-out evaluation without and with lessons (docs/memory.md)."""
+    from .memory.modes import run_reflect
+
+    cfg = _config(args)
+    res = run_reflect(cfg, progress=_reflect_progress if args.verbose else None)
+    print(res["markdown"], end="")
+    print(f"library: {res['db']} ({len(res['lessons'])} lessons); results: {cfg.train.run_dir}/reflect/")
+    return 0
+
+
+def _reflect_progress(rec: dict) -> None:
+    print(json.dumps(rec), file=sys.stderr)
+
+
+def cmd_distill(args) -> int:
+    """SFT the policy on successful lesson-guided trajectories with the lessons removed from the prompt, then
+    evaluate without lessons (docs/memory.md)."""
+    from .memory.modes import run_distill
+
+    res = run_distill(_config(args))
+    print(res["markdown"], end="")
+    print(f"distilled model: {res['model']}")
+    return 0
+
+
 def cmd_envs(args) -> int:
     from .envs import describe, registered_ids
 
@@ -123,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="directory for results.json, results.md, succ_at_turn.png")
     e.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="compare two --out directories")
     e.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for --compare")
+    r = with_config("reflect", cmd_reflect, "training-free GRPO: build a lesson library, evaluate with/without it")
+    r.add_argument("--verbose", action="store_true", help="print each reflection step's metrics to stderr")
+    with_config("distill", cmd_distill, "SFT on lesson-guided successes without the lessons; evaluate without")
     with_config("print-config", cmd_print_config, "print the resolved config")
     s = sub.add_parser("envs", help="list registered environments")
     s.set_defaults(fn=cmd_envs)

@@ -174,6 +174,34 @@ class EvalConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Reflection memory (training-free GRPO; docs/memory.md): a lesson library, a reflector, lesson injection."""
+
+    enabled: bool = False  # RL training: inject lessons into rollouts, update the library every `every` steps
+    db: str = ""  # the library's SQLite file; "" = <run_dir>/memory.sqlite
+    every: int = 1  # RL training: reflect on the step's groups every N steps
+    top_k: int = 8  # lessons injected per task once retrieval is on
+    retrieve_above: int = 16  # retrieval (BM25 top_k) when the library holds more lessons than this; else all
+    reflector: str = "openai"  # chat model: openai | hf | a registered name | "pkg.mod:factory" (factory(cfg))
+    reflector_base_url: str = ""  # openai: "" = backend.openai_base_url
+    reflector_model: str = ""  # openai: served model name; "" = the first one /v1/models lists
+    reflector_api_key_env: str = "OPENAI_API_KEY"  # env var holding the reflector endpoint's API key
+    reflector_path: str = ""  # hf: a local chat model directory
+    reflector_temperature: float = 0.0
+    reflector_max_tokens: int = 1024
+    reflector_workers: int = 8  # concurrent reflector calls
+    max_lessons: int = 2  # experiences per group
+    max_words: int = 32  # per lesson
+    # agentrl reflect / distill (paper defaults: 3 epochs, batch 64, G = 5, temperature 0.7)
+    epochs: int = 3
+    train_tasks: int = 100  # training tasks (the same ones every epoch)
+    batch_size: int = 64  # tasks per library update
+    group_size: int = 5
+    temperature: float = 0.7
+    eval_n_tasks: int = 0  # held-out tasks; 0 = eval.n_tasks
+
+
+@dataclass
 class TrainConfig:
     steps: int = 20
     seed: int = 0
@@ -194,6 +222,7 @@ class Config:
     backend: BackendConfig = field(default_factory=BackendConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

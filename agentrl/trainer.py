@@ -59,6 +59,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"algo.old_logprobs must be 'learner' or 'sampler', got {cfg.algo.old_logprobs!r}")
     if not 0.0 < cfg.algo.std_filter_ratio <= 1.0:
         raise ConfigError(f"algo.std_filter_ratio must be in (0, 1], got {cfg.algo.std_filter_ratio!r}")
+    from . import memory  # noqa: F401  (registers the "lessons" wrapper)
     from .env.feedback import WRAPPERS
 
     for i, w in enumerate(cfg.env.wrappers):
@@ -135,8 +136,15 @@ class Trainer:
         ref = make_ref_model(self.model) if cfg.algo.kl_coef > 0 else None
         self.learner = Learner(self.model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
         self.generator = make_generator(cfg, self.model, self.tokenizer)
+        self.memory = None
+        wrappers = cfg.env.wrappers
+        if cfg.memory.enabled:  # reflection memory: lessons in every rollout, library updated every N steps
+            from .memory.modes import MemoryHook
+
+            self.memory = MemoryHook(cfg)
+            wrappers = self.memory.wrappers()
         self.collector = ROLLOUTS.get(cfg.rollout.strategy)(cfg.env.id, cfg.env.kwargs, self.generator,
-                                                            self.chat, cfg.rollout, wrappers=cfg.env.wrappers)
+                                                            self.chat, cfg.rollout, wrappers=wrappers)
         self.task_env = make_env(cfg.env.id, cfg.env.kwargs, cfg.rollout.max_turns).unwrapped
         self.eval_tasks = self.task_env.make_tasks("test", cfg.eval.n_tasks, cfg.env.eval_seed)
         if self.resume_from:
@@ -198,6 +206,8 @@ class Trainer:
         cfg, t = self.cfg, self.timer
         with t("collect"):
             trajs, rollout_m = self.collect(step)
+        with t("memory"):
+            memory_m = self.memory.after_step(step, trajs) if self.memory is not None else {}
         with t("score"):
             scored, scores, score_m = self.score(trajs)
         with t("collate"):
@@ -218,7 +228,7 @@ class Trainer:
         n_tok = float(batch.loss_mask.sum())
         perf["perf/step_time"] = sum(v for k, v in perf.items() if k.startswith("perf/time/"))
         perf["perf/gen_tokens_per_s"] = n_tok / max(perf.get("perf/time/collect", 1e-9), 1e-9)
-        metrics = {"train/step": step, **rollout_m, **score_m, **lp_m, **kl_m, **update_m,
+        metrics = {"train/step": step, **rollout_m, **memory_m, **score_m, **lp_m, **kl_m, **update_m,
                    "rollout/adv_abs_mean": float(np.abs(adv[adv != 0]).mean()) if np.any(adv != 0) else 0.0, **perf}
         self.logger.log(metrics)
         self._write_trajectories(step, trajs[: cfg.train.log_trajectories], "train")
