@@ -9,6 +9,7 @@ library order. At or below the threshold every lesson is injected.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from typing import Optional, Sequence
 
@@ -40,29 +41,37 @@ def inject_system(messages: Sequence[Message], block: str) -> list[Message]:
 
 
 class LessonRetriever:
-    """BM25 over lesson texts; rebuilt only when the lesson set changes."""
+    """BM25 over lesson texts. Indexes are shared by every retriever in the process (all the collector's envs)
+    and rebuilt only when the lesson set changes."""
 
-    def __init__(self):
-        self._key: Optional[tuple] = None
-        self._bm25 = None
+    _shared: dict = {}  # lesson (id, text) tuple -> bm25s index; the last few kept
+    _lock = threading.Lock()
+
+    def _index(self, lessons: Sequence[Lesson]):
+        from agentrl.tools.search import tokenize
+
+        key = tuple((x.id, x.text) for x in lessons)
+        with self._lock:
+            index = self._shared.get(key)
+            if index is None:
+                import bm25s
+
+                index = bm25s.BM25()
+                index.index([tokenize(x.text) or ["_"] for x in lessons], show_progress=False)
+                if len(self._shared) >= 4:
+                    self._shared.pop(next(iter(self._shared)))
+                self._shared[key] = index
+        return index
 
     def top_k(self, lessons: Sequence[Lesson], query: str, k: int) -> list[Lesson]:
         from agentrl.tools.search import tokenize
 
         if k <= 0 or not lessons:
             return []
-        key = tuple((x.id, x.text) for x in lessons)
-        if key != self._key:
-            import bm25s
-
-            corpus = [tokenize(x.text) or ["_"] for x in lessons]
-            self._bm25 = bm25s.BM25()
-            self._bm25.index(corpus, show_progress=False)
-            self._key = key
         q = tokenize(query)
         if not q:
             return []
-        scores = np.asarray(self._bm25.get_scores(q), dtype=np.float64)
+        scores = np.asarray(self._index(lessons).get_scores(q), dtype=np.float64)
         order = [i for i in np.lexsort((np.arange(len(scores)), -scores)) if scores[i] > 0][:k]
         return [lessons[i] for i in sorted(order)]
 

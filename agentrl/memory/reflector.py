@@ -9,8 +9,10 @@ Per group of rollouts of one task (ALGORITHMS.md › Training-free GRPO, youtu-a
      experiences (the semantic advantage);
   4. GROUP_OPS: the experiences become ADD / UPDATE(Gi) / DELETE(Gi) / NONE against the current library;
   5. BATCH_MERGE: one call merges every group's operations; then deterministic rules always hold whatever the
-     model answered: DELETE beats UPDATE of the same lesson, one UPDATE per lesson (the last), ADDs that are near
-     duplicates (token Jaccard >= dup_threshold) of each other or of a kept lesson merge into one, UPDATE of an
+     model answered: DELETE beats UPDATE of the same lesson, one UPDATE per lesson (the last), ADDs that are duplicates
+     of each other or of a kept lesson merge into one (token-set Jaccard >= dup_threshold, default 1.0: the same
+     words, case, punctuation and order aside; merging paraphrases is the batch call's job: a looser threshold
+     would merge "Planet A has 2 moons." with "Planet B has 2 moons."), UPDATE of an
      unknown id becomes an ADD, DELETE of an unknown id is dropped, texts are cut to max_words words.
 Prompts: agentrl/memory/prompts.py (versioned). A reply that is not the requested JSON is retried once with the
 parse error; a second failure skips that call with a logged reason (`ReflectReport.skipped`); a failed batch merge
@@ -164,7 +166,7 @@ def parse_ops(items: list, tasks: tuple = ()) -> list[ProposedOp]:
 
 # ---------------------------------------------------------------------------------------------- merge rules
 def merge_ops(ops: Sequence[ProposedOp], lessons: Sequence[Lesson], max_words: int = 32,
-              dup_threshold: float = 0.8) -> list[Op]:
+              dup_threshold: float = 1.0) -> list[Op]:
     """The deterministic merge (module docstring) of G-indexed proposals into library Ops (DELETEs, UPDATEs,
     then ADDs)."""
     n = len(lessons)
@@ -219,7 +221,7 @@ class Reflector:
     llm: a chat model (`chat(messages) -> str`, agentrl/memory/llm.py); workers: concurrent model calls."""
 
     def __init__(self, llm, max_lessons: int = 2, max_words: int = 32, workers: int = 8,
-                 dup_threshold: float = 0.8, task_text: Callable[[Trajectory], str] = task_text):
+                 dup_threshold: float = 1.0, task_text: Callable[[Trajectory], str] = task_text):
         self.llm, self.max_lessons, self.max_words = llm, int(max_lessons), int(max_words)
         self.workers, self.dup_threshold, self.task_text = max(1, int(workers)), float(dup_threshold), task_text
 
