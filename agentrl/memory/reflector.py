@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -224,6 +225,7 @@ class Reflector:
                  dup_threshold: float = 1.0, task_text: Callable[[Trajectory], str] = task_text):
         self.llm, self.max_lessons, self.max_words = llm, int(max_lessons), int(max_words)
         self.workers, self.dup_threshold, self.task_text = max(1, int(workers)), float(dup_threshold), task_text
+        self._lock = threading.Lock()  # the report's counters are shared by the worker threads
 
     # ------------------------------------------------------------------ model calls
     def _ask(self, user: str, report: ReflectReport, what: str, key: Optional[str]):
@@ -233,7 +235,8 @@ class Reflector:
         error = ""
         for attempt in range(2):
             try:
-                report.calls += 1
+                with self._lock:
+                    report.calls += 1
                 answer = self.llm.chat(messages)
             except Exception as e:  # noqa: BLE001 - a dead endpoint skips this call, never the run
                 error = f"model call failed: {type(e).__name__}: {e}"
@@ -251,8 +254,10 @@ class Reflector:
                 messages = messages + [{"role": "assistant", "content": answer},
                                        {"role": "user", "content": P.RETRY.format(error=error)}]
             if attempt == 0:
-                report.retries += 1
-        report.skipped.append((what, error))
+                with self._lock:
+                    report.retries += 1
+        with self._lock:
+            report.skipped.append((what, error))
         log.warning("reflector: skipped %s: %s", what, error)
         return None
 
@@ -262,7 +267,8 @@ class Reflector:
         lines = [f"Attempt {i + 1} ({outcome_text(t)}):\n{s}" for i, (t, s) in enumerate(zip(group, summaries))
                  if s is not None]
         if not lines:
-            report.skipped.append((f"group {group[0].group_id}", "no usable summaries"))
+            with self._lock:
+                report.skipped.append((f"group {group[0].group_id}", "no usable summaries"))
             return []
         lib = render_library(lessons)
         exps = self._ask(P.CRITIQUE.format(task=self.task_text(group[0]), reference=task.answer,
