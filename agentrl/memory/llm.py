@@ -62,8 +62,8 @@ class HFChat:
     def chat(self, messages: list[dict]) -> str:
         import torch
 
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        ids = ids.to(self.model.device)
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = self.tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.model.device)
         kw = {"do_sample": self.temperature > 0, "max_new_tokens": self.max_tokens}
         if self.temperature > 0:
             kw["temperature"] = self.temperature
