@@ -110,6 +110,19 @@ class AlgoConfig:
     gigpo_invalid_penalty: float = 0.1  # subtracted on steps whose action was invalid; 0 = off
     gigpo_similarity_thresh: Optional[float] = None  # None = exact anchor match; else difflib ratio >= thresh
     gigpo_episode_stats: str = "steps"  # steps (code: each step row counts) | trajectories (paper Eq. 3)
+    # Truncated importance sampling (algos/tis.py): token loss x min(pi_old / pi_behaviour, C) with C = tis_cap.
+    # None = 2.0 under train.async (behaviour policy one update behind), off in sync mode; <= 0 = off.
+    tis_cap: Optional[float] = None
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters through peft (backends/lora.py); r = 0 trains the full model. Needs `pip install "agentrl[scale]"`."""
+
+    r: int = 0  # rank; 0 = off
+    alpha: float = 16.0  # lora_alpha: the update is scaled by alpha / r
+    target_modules: Any = "all-linear"  # peft: a list of module names (e.g. [q_proj, v_proj]) or "all-linear"
+    dropout: float = 0.0
 
 
 @dataclass
@@ -121,6 +134,7 @@ class LearnerConfig:
     micro_batch_size: int = 16
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
     warmup_steps: int = 0
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -210,6 +224,10 @@ class TrainConfig:
     log_trajectories: int = 4  # trajectories written per step to trajectories.jsonl
     progress: bool = True
     plot: bool = True
+    # off | one_step_off: step k+1's rollouts are generated (in a thread, by a copy of the policy synced after each
+    # update) while step k updates. YAML/CLI key `async` (a Python keyword) is accepted for this field.
+    async_mode: str = "off"
+    max_staleness: int = 1  # async: batches from a policy more than this many updates old are dropped and redone
 
 
 @dataclass
@@ -263,10 +281,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value  # dict and other free-form values
 
 
+_ALIASES = {"async": "async_mode"}  # config keys that are Python keywords
+
+
 def _merge(obj: Any, override: dict, where: str = "") -> Any:
     hints = get_type_hints(type(obj))
     names = [f.name for f in fields(obj)]
     for key, value in override.items():
+        key = _ALIASES.get(key, key) if _ALIASES.get(key) in names else key
         path = f"{where}.{key}" if where else key
         if key not in names:
             raise ConfigError(f"unknown config key {path!r}." + did_you_mean(key, names))

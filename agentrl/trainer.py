@@ -12,14 +12,18 @@ import torch
 
 from .algos import (ADVANTAGES, KL, REDUCTIONS, SURROGATES, keep_groups_with_signal, keep_top_std_groups,
                     overlong_penalty)
+from .algos.tis import tis_stats
 from .backends.base import GENERATORS
 from .backends.learner import Learner, make_ref_model
+from .backends.lora import (apply_lora, copy_policy_into, is_adapter_dir, is_lora, load_lora, plain_copy,
+                            save_merged)
 from .config import Config, ConfigError, dump_config
 from .data.collate import advantage_input, collate, token_advantages, with_fields
 from .eval import evaluate, summarize
 from .metrics import MetricsLogger, PhaseTimer, plot_curves
 from .rollout import ROLLOUTS, ROLLOUTS_PROVIDE, ChatTokenizer
 from .rollout.chain import make_env
+from .rollout.prefetch import Prefetcher, staleness_metrics
 from .types import Trajectory
 
 CKPT = "checkpoints"
@@ -70,9 +74,43 @@ def validate(cfg: Config) -> None:
             WRAPPERS.get(w["name"])
         except KeyError as e:
             raise ConfigError(str(e).strip('"')) from None
+    _validate_scale(cfg)
     for name in ("corrupt_share", "warmup_ratio", "min_lr_ratio"):
         if not 0.0 <= getattr(cfg.sft, name) <= 1.0:
             raise ConfigError(f"sft.{name} must be in [0, 1], got {getattr(cfg.sft, name)!r}")
+
+
+def async_mode(cfg: Config) -> str:
+    """train.async normalised ("off" also arrives as YAML's false)."""
+    mode = str(cfg.train.async_mode)
+    return "off" if mode.lower() in ("off", "false", "none", "0", "") else mode
+
+
+def _validate_scale(cfg: Config) -> None:
+    """learner.lora and train.async (issue 8)."""
+    if async_mode(cfg) not in ("off", "one_step_off"):
+        raise ConfigError(f"train.async must be 'off' or 'one_step_off', got {cfg.train.async_mode!r}")
+    if cfg.train.max_staleness < 0:
+        raise ConfigError(f"train.max_staleness must be >= 0, got {cfg.train.max_staleness}")
+    if async_mode(cfg) != "off" and cfg.algo.old_logprobs != "learner":
+        raise ConfigError("train.async needs algo.old_logprobs=learner: the sampler's logprobs are from an older "
+                          "policy, so the learner recomputes pi_old and TIS corrects for the difference")
+    lora = cfg.learner.lora
+    if lora.r < 0 or (lora.r > 0 and lora.alpha <= 0) or not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"learner.lora needs r >= 0, alpha > 0 and dropout in [0, 1), got {lora}")
+    if lora.r > 0:
+        from .backends.lora import INSTALL_HINT, require_peft
+
+        try:
+            require_peft()
+        except ImportError:
+            raise ConfigError(INSTALL_HINT) from None
+
+
+def tis_on(cfg: Config) -> bool:
+    """TIS weights in the loss: algo.tis_cap > 0, or (tis_cap unset) under train.async."""
+    cap = cfg.algo.tis_cap
+    return (async_mode(cfg) != "off") if cap is None else cap > 0
 
 
 def _import_backend(name: str) -> None:
@@ -131,11 +169,19 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         device = pick_device(cfg.backend.device)
         path = self.resume_from or ensure_model(cfg)
-        self.model, self.tokenizer = load_model(path, dtype=cfg.model.dtype, device=device)
+        adapter = self.resume_from if self.resume_from and is_adapter_dir(self.resume_from) else None
+        if adapter and cfg.learner.lora.r <= 0:
+            raise ConfigError(f"{adapter} holds a LoRA adapter: resume with learner.lora.r > 0")
+        self.model, self.tokenizer = load_model(ensure_model(cfg) if adapter else path, dtype=cfg.model.dtype,
+                                                device=device)
         self.chat = ChatTokenizer(self.tokenizer)
-        ref = make_ref_model(self.model) if cfg.algo.kl_coef > 0 else None
+        ref = make_ref_model(self.model) if cfg.algo.kl_coef > 0 else None  # with LoRA: the frozen base
+        if adapter:
+            self.model = load_lora(self.model, adapter)
+        elif cfg.learner.lora.r > 0:
+            self.model = apply_lora(self.model, cfg.learner.lora)
         self.learner = Learner(self.model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
-        self.generator = make_generator(cfg, self.model, self.tokenizer)
+        self._setup_generation(cfg)
         self.memory = None
         wrappers = cfg.env.wrappers
         if cfg.memory.enabled:  # reflection memory: lessons in every rollout, library updated every N steps
@@ -144,7 +190,7 @@ class Trainer:
             self.memory = MemoryHook(cfg)
             wrappers = self.memory.wrappers()
         self.collector = ROLLOUTS.get(cfg.rollout.strategy)(cfg.env.id, cfg.env.kwargs, self.generator,
-                                                            self.chat, cfg.rollout, wrappers=wrappers)
+                                                            self.gen_chat, cfg.rollout, wrappers=wrappers)
         self.task_env = make_env(cfg.env.id, cfg.env.kwargs, cfg.rollout.max_turns).unwrapped
         self.eval_tasks = self.task_env.make_tasks("test", cfg.eval.n_tasks, cfg.env.eval_seed)
         if self.resume_from:
@@ -155,6 +201,30 @@ class Trainer:
         else:
             with open(os.path.join(self.run_dir, "resolved_config.yaml"), "w") as f:
                 f.write(dump_config(cfg))
+        self.prefetch = (Prefetcher(lambda step, version: self.collect(step, version), cfg.train.max_staleness)
+                         if async_mode(cfg) == "one_step_off" else None)
+
+    def _setup_generation(self, cfg: Config) -> None:
+        """The model the generator samples with. Shared with the learner (sync is free) unless the generator must
+        not see the learner mid-update (train.async) or needs plain weights (LoRA with vllm/openai): then a
+        separate adapter-free copy, refreshed with the merged policy weights at every sync."""
+        separate = async_mode(cfg) != "off" or (is_lora(self.model) and cfg.backend.generator != "hf")
+        if not separate:
+            self.gen_model, self.gen_chat = self.model, self.chat
+        else:
+            import copy
+
+            device = None if cfg.backend.generator == "hf" else "cpu"  # engines keep their own copy on the GPU
+            self.gen_model = plain_copy(self.model, device=device)
+            # the background collector gets its own tokenizer (fast tokenizers are not safe across threads)
+            self.gen_chat = ChatTokenizer(copy.deepcopy(self.tokenizer)) if async_mode(cfg) != "off" else self.chat
+        self.generator = make_generator(cfg, self.gen_model, self.tokenizer)
+
+    def sync(self) -> None:
+        """Bring the generator up to date with the policy (merged weights for a LoRA policy)."""
+        if self.gen_model is not self.model:
+            copy_policy_into(self.gen_model, self.model)
+        self.generator.sync_weights(self.gen_model)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -163,7 +233,7 @@ class Trainer:
             if cfg.sft.enabled:
                 with self.timer("sft"):
                     self.sft()
-                self.generator.sync_weights(self.model)  # an engine with its own copy must see the SFT weights
+                self.sync()  # an engine (or generator copy) with its own weights must see the SFT weights
             self.log_eval(0)
         bar = _progress(cfg.train.progress, self.start_step, cfg.train.steps)
         for step in range(self.start_step + 1, cfg.train.steps + 1):
@@ -173,8 +243,10 @@ class Trainer:
             if cfg.train.save_every and step % cfg.train.save_every == 0:
                 self.save(step)
             bar.update(metrics)
+        if self.prefetch is not None:
+            self.prefetch.close()
         final = self.log_eval(cfg.train.steps) if cfg.train.steps > self.start_step else {}
-        self.save(cfg.train.steps)
+        self.save(cfg.train.steps, final=True)
         bar.close()
         if cfg.train.plot:
             plot_curves(self.run_dir)
@@ -204,8 +276,8 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> dict:
         cfg, t = self.cfg, self.timer
-        with t("collect"):
-            trajs, rollout_m = self.collect(step)
+        with t("collect"):  # async: the batch generated during the previous update (waits only at step 1)
+            trajs, rollout_m = self.rollouts(step)
         with t("memory"):
             memory_m = self.memory.after_step(step, trajs) if self.memory is not None else {}
         with t("score"):
@@ -220,10 +292,14 @@ class Trainer:
             adv = ADVANTAGES.get(cfg.algo.advantage)(advantage_input(scored, scores), cfg.algo)
             batch = with_fields(batch, advantages=token_advantages(scored, adv, batch.input_ids.shape[1]))
         with t("update"):
-            getattr(self.generator, "sleep", lambda: None)()  # vllm on a shared GPU: free its memory meanwhile
+            if self.prefetch is None:  # (async: the engine is generating the next batch right now)
+                getattr(self.generator, "sleep", lambda: None)()  # vllm on a shared GPU: free its memory meanwhile
             update_m = self.learner.update(batch) if batch.size else {}
+        with t("rollout_wait"):  # async: the next batch must be complete before the generator's weights change
+            if self.prefetch is not None:
+                self.prefetch.wait()
         with t("sync"):
-            self.generator.sync_weights(self.model)
+            self.sync()
         perf = t.pop()
         n_tok = float(batch.loss_mask.sum())
         perf["perf/step_time"] = sum(v for k, v in perf.items() if k.startswith("perf/time/"))
@@ -234,15 +310,30 @@ class Trainer:
         self._write_trajectories(step, trajs[: cfg.train.log_trajectories], "train")
         return metrics
 
-    def collect(self, step: int) -> tuple[list[Trajectory], dict]:
-        """One batch of groups; with dynamic sampling, more rounds until enough groups carry signal."""
+    def rollouts(self, step: int) -> tuple[list[Trajectory], dict]:
+        """Sync: collect now. one_step_off: take the batch generated in the background (policy one update old),
+        then start generating the next step's batch with the policy as it is now (rollout/prefetch.py)."""
+        version = step - 1  # updates applied so far
+        if self.prefetch is None:
+            return self.collect(step, version)
+        trajs, m = self.prefetch.take(step, version)
+        if step < self.cfg.train.steps:
+            self.prefetch.submit(step + 1, version)
+        m = {**m, **staleness_metrics(trajs, version, self.cfg.train.max_staleness),
+             "rollout/stale_batches_dropped": self.prefetch.dropped}
+        return trajs, m
+
+    def collect(self, step: int, version: int = 0) -> tuple[list[Trajectory], dict]:
+        """One batch of groups; with dynamic sampling, more rounds until enough groups carry signal. `version`:
+        the policy version recorded on every turn (Turn.policy_version)."""
         r, a = self.cfg.rollout, self.cfg.algo
         kept: list[Trajectory] = []
         rounds, seen = 0, []
         while True:
             seed = self.cfg.train.seed * 1_000_003 + step * 101 + rounds
             tasks = self.task_env.make_tasks("train", r.tasks_per_step, seed=self.cfg.env.train_seed + seed)
-            trajs = self.collector.collect(tasks, r.group_size, seed=seed, group_prefix=f"s{step}r{rounds}:")
+            trajs = self.collector.collect(tasks, r.group_size, seed=seed, group_prefix=f"s{step}r{rounds}:",
+                                           policy_version=version)
             seen += trajs
             rounds += 1
             if not a.dynamic_sampling:
@@ -295,7 +386,11 @@ class Trainer:
         learner = self.learner.logprobs(batch)
         mask = batch.loss_mask
         diff = ((learner - sampler).abs() * mask).sum() / mask.sum().clamp(min=1)
-        return with_fields(batch, old_logprobs=learner), {"actor/logprob_mismatch": float(diff)}
+        m = {"actor/logprob_mismatch": float(diff)}
+        if tis_on(self.cfg):  # truncated IS weight min(pi_old / pi_sampler, C) in the loss (algos/tis.py)
+            m.update(tis_stats(learner, sampler, mask, self.learner.tis_cap))
+            return with_fields(batch, old_logprobs=learner, behaviour_logprobs=sampler), m
+        return with_fields(batch, old_logprobs=learner), m
 
     def reference(self, batch, scores):
         a = self.cfg.algo
@@ -309,10 +404,14 @@ class Trainer:
         return with_fields(batch, ref_logprobs=ref), scores, m
 
     # ------------------------------------------------------------------ persistence
-    def save(self, step: int) -> str:
+    def save(self, step: int, final: bool = False) -> str:
+        """A LoRA policy saves its adapter (the base stays at model.path); the final checkpoint also holds the
+        merged model under merged/ for eval and serving."""
         path = os.path.join(self.run_dir, CKPT, f"step_{step:06d}")
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        if final and is_lora(self.model):
+            save_merged(self.model, os.path.join(path, "merged"), self.tokenizer)
         torch.save({"step": step, "learner": self.learner.state_dict()}, os.path.join(path, "trainer_state.pt"))
         with open(os.path.join(self.run_dir, CKPT, "latest"), "w") as f:
             f.write(os.path.basename(path))

@@ -175,6 +175,7 @@ class Batch:
     rewards: torch.Tensor  # [B] float
     ref_logprobs: Optional[torch.Tensor] = None  # [B, T]
     position_ids: Optional[torch.Tensor] = None  # [B, T]
+    behaviour_logprobs: Optional[torch.Tensor] = None  # [B, T] sampler logprobs, set when TIS is on (algos/tis.py)
 
     @property
     def size(self) -> int:

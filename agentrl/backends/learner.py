@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from ..algos import KL, REDUCTIONS, SURROGATES, ReduceScale, scale_for
+from ..algos.tis import TIS_DEFAULT_CAP, tis_weights
 from ..config import AlgoConfig, LearnerConfig
 from ..types import Batch
 
@@ -42,8 +43,9 @@ class Learner:
         self.algo = algo
         self.temperature = temperature if temperature > 0 else 1.0
         self.ref_model = ref_model
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        trainable = [p for p in model.parameters() if p.requires_grad]  # a LoRA policy: only its adapters
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
         self.opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=tuple(cfg.betas),
@@ -52,6 +54,8 @@ class Learner:
         reduce_name = getattr(self.surrogate, "forced_reduce", None) or algo.reduce
         self.reduce = REDUCTIONS.get(reduce_name)
         self.kl = KL.get(algo.kl_type) if algo.kl_coef > 0 and algo.kl_in == "loss" else None
+        self.tis_cap = TIS_DEFAULT_CAP if algo.tis_cap is None else float(algo.tis_cap)  # used when the batch
+        # carries behaviour_logprobs (the trainer sets them when TIS is on)
         self.steps = 0
 
     @property
@@ -87,6 +91,9 @@ class Learner:
         logp = logp.float()
         mask = sub.loss_mask.to(dev).float()
         loss_mat, stats = self.surrogate(logp, sub.old_logprobs.to(dev), sub.advantages.to(dev), mask, self.algo)
+        if sub.behaviour_logprobs is not None:  # truncated IS from the sampling policy (algos/tis.py)
+            loss_mat = loss_mat * tis_weights(sub.old_logprobs.to(dev), sub.behaviour_logprobs.to(dev),
+                                              self.tis_cap)[0]
         loss = self.reduce(loss_mat, mask, scale)
         metrics = {"actor/pg_loss": loss.detach()}
         if self.kl is not None and sub.ref_logprobs is not None:
