@@ -10,8 +10,8 @@ hash of their text, so a held-out question is a new phrasing about a planet that
 about. Without knowing the planet's moons, a policy can only guess (1/3).
 
 Policy: the tiny model (agentrl init-model tiny), warm-started by SFT to read lessons: demonstrations about a
-disjoint set of planets whose system prompt holds the lesson about the asked planet (P_LESSON = 60%) or no
-lessons (40%), always answering with the true count. So it learns to copy the count from a lesson and to guess
+disjoint set of planets whose system prompt holds the lesson about the asked planet (P_LESSON = 75%) or no
+lessons (25%), always answering with the true count. So it learns to copy the count from a lesson and to guess
 without one; it never sees the evaluation planets before reflect. (It is not taught to tell a matching lesson
 from another planet's: with one lesson retrieved per task, a retrieval miss makes it copy a wrong count, which is
 still right 1/3 of the time, like a guess.)
@@ -46,7 +46,8 @@ TEMPLATES = ("How many moons does the planet {x} have?", "Count the moons of the
              "The planet {x} is orbited by some moons. How many moons are there?",
              "What is the number of moons around {x}?")
 _SYL = ("ka", "zor", "vel", "mi", "tan", "qui", "dro", "bel", "nys", "ox", "ra", "lu", "fen", "gar", "shi", "pol")
-P_LESSON = 0.6  # warm-start demos with the asked planet's lesson in the prompt (the rest have none)
+SYSTEM = "Answer with <answer>number</answer>."  # Math-v0's system prompt here (short: a tiny model, CPU)
+P_LESSON = 0.75  # warm-start demos with the asked planet's lesson in the prompt (the rest have none)
 _PLANET = re.compile(r"(?:planet|around) ([A-Z][a-z]+)")
 
 
@@ -113,7 +114,8 @@ def warm_start(model_dir: str, out_dir: str, data: str, n_demos: int, epochs: in
     chat = ChatTokenizer(tok)
     warm = planets(max(50, n_demos // 8), seed=123, exclude=exclude)
     names = list(warm)
-    env = LessonsWrapper(make_env("agentrl/Math-v0", {"data_path": data}, 1), lessons=[], retrieve_above=99)
+    env = LessonsWrapper(make_env("agentrl/Math-v0", {"data_path": data, "system": SYSTEM}, 1), lessons=[],
+                         retrieve_above=99)
     rng = np.random.default_rng(0)
     demos = []
     for _ in range(n_demos):
@@ -123,50 +125,91 @@ def warm_start(model_dir: str, out_dir: str, data: str, n_demos: int, epochs: in
         env.fixed = [Lesson(-1, lesson(name, warm[name]))] if rng.random() < P_LESSON else []
         demos.append(demonstration(env, task, chat, 1))
     env.close()
-    cfg = SFTConfig(epochs=epochs, lr=3e-3, batch_size=32)
+    cfg = SFTConfig(epochs=epochs, lr=3e-3, batch_size=16)
     m = sft_train(model, demos, cfg, tok.pad_token_id)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return m
 
 
+def library_check(overrides: list[str]) -> str:
+    """Held-out success of a scripted *reader* given the same prompts: it answers with the count of an injected
+    lesson that names the asked planet, else 1. It separates what the library and retrieval deliver from what the
+    tiny model makes of it."""
+    from agentrl.backends.scripted import ScriptedGenerator
+    from agentrl.config import load_config
+    from agentrl.eval.harness import run_eval
+    from agentrl.memory.modes import with_lessons, without_lessons
+    from agentrl.models import load_model
+
+    cfg = load_config(None, overrides)
+    _, tok = load_model(cfg.model.path)
+
+    def read(prompt: str) -> str:
+        question = prompt.rsplit("user\n", 1)[-1]
+        m = _PLANET.search(question)
+        hit = re.search(rf"Planet {m.group(1)} has (\d) moons\.", prompt) if m else None
+        return f"<answer>{hit.group(1) if hit else 1}</answer>"
+
+    rows = []
+    for name, c in (("without lessons", without_lessons(cfg)), ("with lessons", with_lessons(cfg, record=False))):
+        res = run_eval(c, tokenizer=tok, generator=ScriptedGenerator(tok, read), n_tasks=cfg.eval.n_tasks)
+        rows.append(f"| scripted reader, {name} | {res['metrics']['success']:.3f} | {res['metrics']['episodes']} |")
+    return "| setting | success | episodes |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not a measurement)")
     p.add_argument("--run-dir", default=os.path.join(ROOT, "runs", "bench_reflection"))
+    p.add_argument("--check-only", action="store_true", help="only the scripted-reader table of an existing run")
+    p.add_argument("--rewarm", action="store_true", help="redo the warm start even if RUN_DIR/warm exists")
     args = p.parse_args(argv)
     from agentrl.cli import main as cli
     from agentrl.memory.llm import CHAT_MODELS
     from agentrl.models import init_model
 
-    n_planets, n_demos, sft_epochs, epochs = (12, 400, 2, 1) if args.quick else (40, 4000, 4, 3)
+    n_planets, n_demos, sft_epochs, epochs = (12, 400, 2, 1) if args.quick else (100, 2400, 2, 2)
     run = os.path.abspath(args.run_dir)
     os.makedirs(run, exist_ok=True)
     for f in ("memory.sqlite", "memory.sqlite-wal", "memory.sqlite-shm", "metrics.jsonl"):
-        if os.path.exists(os.path.join(run, f)):
+        if not args.check_only and os.path.exists(os.path.join(run, f)):
             os.remove(os.path.join(run, f))
     facts = planets(n_planets, seed=7)
     data = os.path.join(run, "moons.jsonl")
     write_data(data, facts)
     t0 = time.perf_counter()
-    base = init_model("tiny", os.path.join(run, "tiny"), seed=0)
-    warm_m = warm_start(base, os.path.join(run, "warm"), data, n_demos, sft_epochs, set(facts))
-    t_warm = time.perf_counter() - t0
+    warm_m: dict = {"sft/loss": float("nan")}
+    if args.rewarm or not os.path.exists(os.path.join(run, "warm", "config.json")):
+        base = init_model("tiny", os.path.join(run, "tiny"), seed=0)
+        warm_m = warm_start(base, os.path.join(run, "warm"), data, n_demos, sft_epochs, set(facts))
+        with open(os.path.join(run, "warm", "warm_start.json"), "w") as f:
+            json.dump({**warm_m, "seconds": time.perf_counter() - t0}, f)
+    with open(os.path.join(run, "warm", "warm_start.json")) as f:
+        warm_m = json.load(f)
+    t_warm = warm_m["seconds"]
     if "fact_reflector" not in CHAT_MODELS.names():
         CHAT_MODELS.register("fact_reflector", lambda cfg: FactReflector())
     overrides = [f"model.path={run}/warm", "model.init=null", "env.id=agentrl/Math-v0",
-                 f"env.kwargs={{data_path: {data}}}", "rollout.max_turns=1", "rollout.max_new_tokens=12",
+                 f"env.kwargs={{data_path: {data}, system: '{SYSTEM}'}}", "rollout.max_turns=1",
+                 "rollout.max_new_tokens=12",
                  f"train.run_dir={run}", "memory.reflector=fact_reflector", f"memory.epochs={epochs}",
-                 "memory.train_tasks=1000", "memory.batch_size=32", "memory.group_size=4", "memory.temperature=1.0",
+                 "memory.train_tasks=1000", "memory.batch_size=64", "memory.group_size=4", "memory.temperature=1.0",
                  "memory.top_k=1", "memory.retrieve_above=0", "eval.n_tasks=1000", "eval.temperature=0",
-                 "sft.epochs=4", "sft.lr=1e-3", "sft.batch_size=32"]
+                 "sft.epochs=2", "sft.lr=1e-3", "sft.batch_size=32"]
+    if args.check_only:  # the reader table for an existing run (after a reflect)
+        print(library_check(overrides))
+        return 0
     print(f"# moons: {n_planets} planets x {len(TEMPLATES)} phrasings; warm start: {n_demos} lesson-reading demos, "
           f"{sft_epochs} epochs (final loss {warm_m.get('sft/loss', float('nan')):.3f}, {t_warm:.0f} s)\n")
     t1 = time.perf_counter()
     print(f"$ agentrl reflect {' '.join(overrides)}")
     rc = cli(["reflect", *overrides])
     t2 = time.perf_counter()
-    print(f"(reflect: {t2 - t1:.0f} s)\n\n$ agentrl distill (same overrides)")
+    print(f"(reflect: {t2 - t1:.0f} s)\n\nWhat the library delivers (same held-out prompts, a scripted reader):\n")
+    print(library_check(overrides))
+    t2 = time.perf_counter()
+    print("$ agentrl distill (same overrides)")
     rc = rc or cli(["distill", *overrides])
     print(f"(distill: {time.perf_counter() - t2:.0f} s)")
     return rc

@@ -81,7 +81,8 @@ consistent list of operations:
 ## Proposed operations
 {operations}
 
-Answer with JSON only: {{"operations": [{{"op": "ADD" | "UPDATE" | "DELETE", "id": "G<n>" (UPDATE/DELETE), "text": "..."}}]}}
+Answer with JSON only: {{"operations": [{{"op": "ADD" | "UPDATE" | "DELETE", "id": "G<n>" (UPDATE/DELETE only),
+"text": "..."}}]}}
 """
 
 RETRY = ("Your previous answer could not be used: {error}. Answer again with JSON only, exactly in the requested "

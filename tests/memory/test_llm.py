@@ -14,7 +14,8 @@ def test_hf_chat_on_the_tiny_model(tiny_dir):
 
 def test_factories():
     cfg = load_config(None, ["memory.reflector=tests.memory.test_modes:scripted_reflector"])
-    assert make_chat_model(cfg).chat([{"role": "system", "content": ""}, {"role": "user", "content": "## Agent's attempt"}])
+    msgs = [{"role": "system", "content": ""}, {"role": "user", "content": "## Agent's attempt"}]
+    assert make_chat_model(cfg).chat(msgs)
     cfg = load_config(None, ["memory.reflector=openai", "memory.reflector_base_url=http://127.0.0.1:9/v1",
                              "memory.reflector_model=m", "memory.reflector_temperature=0.3"])
     chat = make_chat_model(cfg)

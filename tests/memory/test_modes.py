@@ -108,7 +108,8 @@ def test_strip_lessons_removes_the_block(cfg, tiny):
     cfg.memory.retrieve_above = 16  # a small library is injected whole
     LessonLibrary(f"{cfg.train.run_dir}/memory.sqlite").add("For 'x' the answer is 1.")
     wl = with_lessons(cfg)
-    col = ChainCollector(wl.env.id, wl.env.kwargs, policy(tok), ChatTokenizer(tok), wl.rollout, wrappers=wl.env.wrappers)
+    col = ChainCollector(wl.env.id, wl.env.kwargs, policy(tok), ChatTokenizer(tok), wl.rollout,
+                         wrappers=wl.env.wrappers)
     from agentrl.rollout.chain import make_env
 
     tasks = make_env(cfg.env.id, cfg.env.kwargs, 1).unwrapped.make_tasks("train", 2, 0)

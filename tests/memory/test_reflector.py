@@ -124,7 +124,8 @@ def test_model_merge_output_is_still_checked(lib):
     """The batch call answers UPDATE + DELETE of the same lesson and two equal ADDs: the rules still hold."""
     s = Script(critique=lambda u, r: exps("x"), ops=lambda u, r: ops({"op": "ADD", "text": "x"}),
                merge=lambda u, r: ops({"op": "UPDATE", "id": "G0", "text": "changed"}, {"op": "DELETE", "id": "G0"},
-                                      {"op": "ADD", "text": "Same new lesson."}, {"op": "ADD", "text": "same new lesson"}))
+                                      {"op": "ADD", "text": "Same new lesson."},
+                                      {"op": "ADD", "text": "same new lesson"}))
     llm = served(s)
     Reflector(llm).reflect(group("a", [True, False]) + group("b", [False, True]), lib, step=1)
     llm.close()
@@ -205,7 +206,8 @@ def test_parsers():
     assert parse_json('Sure! {"experiences": ["a"]} done', "experiences") == ["a"]
     with pytest.raises(ValueError):
         parse_json('{"experiences": "a"}', "experiences")
-    p = parse_ops([{"op": "update", "id": "[G3]", "text": "t"}, {"op": "DELETE", "id": 2}, {"op": "UPDATE", "text": "u"}])
+    p = parse_ops([{"op": "update", "id": "[G3]", "text": "t"}, {"op": "DELETE", "id": 2},
+                   {"op": "UPDATE", "text": "u"}])
     assert [(o.op, o.index) for o in p] == [("UPDATE", 3), ("DELETE", 2), ("UPDATE", None)]
     with pytest.raises(ValueError):
         parse_ops([{"op": "DELETE", "id": "G?"}])
