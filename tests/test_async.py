@@ -176,3 +176,15 @@ def test_short_async_run_on_the_smoke_config(tmp_path, tiny_dir):
     # after the run the generator copy holds the policy's final weights
     for (k, a), b in zip(tr.model.state_dict().items(), tr.gen_model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.slow
+def test_async_speed_benchmark_quick_mode():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "benchmarks/async_speed.py", "--quick", "--steps", "2", "--repeats", "1"],
+                       cwd=root, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| one_step_off |" in r.stdout and "speedup" in r.stdout
