@@ -128,21 +128,33 @@ def _train_records(run):
                 for r in map(json.loads, f) if "rollout/success" in r}
 
 
-def test_cli_lora_run_saves_adapters_and_resumes_exactly(tmp_path, tiny_dir):
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_dir):
+    full = str(tmp_path_factory.mktemp("lora") / "full")
+    _agentrl("train", *LORA_RUN, f"model.path={tiny_dir}", f"train.run_dir={full}")
+    return full
+
+
+def test_cli_lora_run_saves_adapters_and_merged_weights(lora_run, tiny_dir):
     from safetensors.torch import load_file
 
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    common = [*LORA_RUN, f"model.path={tiny_dir}"]
-    _agentrl("train", *common, f"train.run_dir={full}")
-    ck = os.path.join(full, "checkpoints")
+    ck = os.path.join(lora_run, "checkpoints")
     one, two = (load_file(os.path.join(ck, s, "adapter_model.safetensors")) for s in ("step_000001", "step_000002"))
     assert all("lora_" in k for k in one)
     assert any(not torch.equal(one[k], two[k]) for k in one)  # the RL update moved the adapters
     merged = load_file(os.path.join(ck, "step_000002", "merged", "model.safetensors"))
     base = load_file(os.path.join(tiny_dir, "model.safetensors"))
     assert set(merged) == set(base) and any(not torch.equal(merged[k], base[k]) for k in base)
+
+
+def test_cli_lora_resumes_exactly(lora_run, tmp_path, tiny_dir):
+    from safetensors.torch import load_file
+
+    part = str(tmp_path / "part")
+    common = [*LORA_RUN, f"model.path={tiny_dir}"]
     _agentrl("train", *common, "train.steps=1", f"train.run_dir={part}")
     _agentrl("train", *common, "--resume", part)
-    assert _train_records(part) == _train_records(full)
+    assert _train_records(part) == _train_records(lora_run)
+    two = load_file(os.path.join(lora_run, "checkpoints", "step_000002", "adapter_model.safetensors"))
     a = load_file(os.path.join(part, "checkpoints", "step_000002", "adapter_model.safetensors"))
     assert all(torch.equal(a[k], two[k]) for k in two)
