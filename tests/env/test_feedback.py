@@ -1,4 +1,5 @@
-"""UnaryFeedback (UFO) against ../shared/fixtures/ufo.json, plus the cases the fixture does not cover."""
+"""UnaryFeedback (UFO) against tests/fixtures/ufo.json (a copy of ../shared/fixtures/ufo.json), plus the cases
+the fixture does not cover."""
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from agentrl.config import ConfigError, load_config
 from agentrl.env.feedback import DEFAULT_FEEDBACK, UnaryFeedback, attempt_reward, normalize_answer, repetition_penalty
 from agentrl.rollout.chain import can_snapshot, make_env
 
-FIXTURE = json.loads((Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "ufo.json").read_text())
+FIXTURE = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "ufo.json").read_text())
 UFO = [{"name": "unary_feedback"}]
 
 
