@@ -71,7 +71,8 @@ class UnaryFeedback(gymnasium.Wrapper):
         if not 0 < gamma <= 1:
             raise ValueError(f"unary_feedback gamma must be in (0, 1], got {gamma}")
         self.max_turns, self.feedback = int(max_turns), str(feedback)
-        self.penalty_lambda, self.format_penalty, self.gamma = float(penalty_lambda), float(format_penalty), float(gamma)
+        self.penalty_lambda, self.format_penalty = float(penalty_lambda), float(format_penalty)
+        self.gamma = float(gamma)
         self._reset_args: dict = {}
         self.turn, self.done, self.answers, self.total = 0, True, [], 0.0
 

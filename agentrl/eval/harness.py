@@ -93,7 +93,8 @@ def compute_metrics(episodes: Sequence[Episode], max_turns: int, ks: Sequence[in
         if k <= n_min:
             m[f"pass@{k}"] = float(np.mean([pass_at_k(len(g), sum(e.success for e in g), k) for g in groups.values()]))
     n_answers = sum(len(e.answers) for e in episodes)
-    m["effective_answer_ratio"] = (sum(len(set(e.answers)) for e in episodes) / n_answers) if n_answers else float("nan")
+    distinct = sum(len(set(e.answers)) for e in episodes)
+    m["effective_answer_ratio"] = distinct / n_answers if n_answers else float("nan")
     failed = [e for e in episodes if not e.success and e.turns >= 2]
     collapsed = [e for e in failed if len(e.answers) == e.turns and len(set(e.answers)) == 1]
     m["collapse_rate"] = len(collapsed) / len(failed) if failed else float("nan")

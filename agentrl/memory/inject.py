@@ -89,7 +89,7 @@ class EmbeddingRetriever:
     def __init__(self, path: str, max_length: int = 256, cache_size: int = 4096):
         import os
 
-        if not os.path.isdir(path):
+        if not os.path.isdir(os.path.expanduser(path)):
             raise ValueError(f"embedding_model {path!r} is not a local directory (an encoder with config.json, "
                              "weights and tokenizer files; nothing is downloaded)")
         self.path, self.max_length, self.cache_size = path, int(max_length), int(cache_size)
@@ -98,12 +98,9 @@ class EmbeddingRetriever:
     def _model(self):
         with self._lock:
             if self.path not in self._models:
-                from transformers import AutoModel, AutoTokenizer
+                from ..models import load_encoder
 
-                tok = AutoTokenizer.from_pretrained(self.path)
-                if tok.pad_token is None:
-                    tok.pad_token = tok.eos_token or tok.unk_token
-                model = AutoModel.from_pretrained(self.path).eval()
+                model, tok = load_encoder(self.path)
                 self._models[self.path] = (tok, model, threading.Lock())
             return self._models[self.path]
 

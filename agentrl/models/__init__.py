@@ -9,10 +9,11 @@ from agentrl.models.factory import (
     build_model,
     build_tokenizer,
     init_model,
+    load_encoder,
     load_model,
 )
 
 __all__ = [
     "CHAT_TEMPLATE", "SIZES", "ModelSize", "build_config", "build_model", "build_tokenizer", "init_model",
-    "load_model",
+    "load_encoder", "load_model",
 ]

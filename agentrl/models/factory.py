@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from agentrl.models.corpus import corpus
 
@@ -192,3 +193,16 @@ def load_model(path: str, dtype: str = "float32", device: str = "cpu"):
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
+
+
+def load_encoder(path: str):
+    """A local encoder (any `transformers.AutoModel` directory, e.g. a sentence-transformers model) + tokenizer,
+    in eval mode on the CPU; pad falls back to eos or unk. Never downloads: `path` must be a directory."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ValueError(f"encoder {path!r} is not a local directory (config.json, weights and tokenizer files; "
+                         "nothing is downloaded)")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return AutoModel.from_pretrained(path).eval(), tokenizer
