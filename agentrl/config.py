@@ -48,6 +48,12 @@ class RolloutConfig:
     # >1: split episodes into chunks whose turns are pipelined (one chunk's tool calls overlap the next chunk's
     # generation); worth it when tools are slow relative to generation (benchmarks/rollout_throughput.py)
     pipeline_chunks: int = 1
+    # >0: env instances live in this many Ray actors (rollout/workers.py; pip install "agentrl[scale]"): a slow or
+    # crashing env is isolated in its own process; a dead actor is restarted and its episodes are marked failed
+    workers: int = 0
+    worker_cpus: float = 1.0  # Ray CPU resources reserved per env-worker actor (e.g. 1 per browser)
+    worker_threads: int = 8  # env steps one worker runs concurrently (its envs' I/O: sandboxes, browsers)
+    ray_address: str = ""  # "" = join the cluster in RAY_ADDRESS if set, else start a local one
     # Render info["tools"] JSON schemas into the chat template? None = only when the env's parser is not "tags"
     # (tag-style envs already describe their tools in the system prompt, as Search-R1/ARPO prompts do).
     render_tools: Optional[bool] = None
@@ -134,6 +140,9 @@ class LearnerConfig:
     micro_batch_size: int = 16
     dtype: str = "float32"  # float32 | bfloat16 (autocast)
     warmup_steps: int = 0
+    # single | fsdp (torch FSDP across the processes of `torchrun --nproc_per_node N -m agentrl train ...`;
+    # backends/fsdp.py): rank 0 runs the loop, every rank holds a shard and updates on its share of each batch
+    strategy: str = "single"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -142,6 +151,10 @@ class BackendConfig:
     generator: str = "hf"  # hf | scripted | vllm | openai
     device: str = "auto"  # auto | cpu | cuda
     gen_batch_size: int = 256  # max sequences per generate call
+    # R generator replicas (backends/replicas.py): requests go to the least-loaded replica, sticky per task group
+    # (prefix caching); weight sync fans out to all. openai: one URL per replica in openai_base_urls
+    replicas: int = 1
+    openai_base_urls: list = field(default_factory=list)  # replica servers; [] = [openai_base_url]
     # openai: any OpenAI-compatible server (docs/backends.md#openai)
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key_env: str = "OPENAI_API_KEY"  # env var holding the API key (unset = no key)

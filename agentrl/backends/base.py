@@ -23,6 +23,7 @@ class SamplingParams:
 class GenRequest:
     prompt_ids: list[int]
     max_new_tokens: Optional[int] = None  # overrides SamplingParams.max_new_tokens for this request
+    route_key: str = ""  # requests with one key go to one generator replica (its prefix cache); "" = any
 
 
 @dataclass

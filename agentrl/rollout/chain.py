@@ -187,8 +187,8 @@ class ChainCollector:
     def _begin_turn(self, active: list[_Episode], params: SamplingParams, seed: int):
         """Generate for `active` and submit their env steps to the pool; returns what _end_turn records."""
         budget = self.cfg.max_total_tokens
-        reqs = [GenRequest(list(e.context), max_new_tokens=max(0, min(params.max_new_tokens, budget - len(e.context))))
-                for e in active]
+        reqs = [GenRequest(list(e.context), max_new_tokens=max(0, min(params.max_new_tokens, budget - len(e.context))),
+                           route_key=e.traj.group_id) for e in active]
         comps = self.gen.generate(reqs, SamplingParams(**{**params.__dict__, "seed": seed}))
         decode = self.chat.tok.decode  # only for generators that return ids without text
         texts = [c.text or decode(list(c.ids), skip_special_tokens=True) for c in comps]
