@@ -1,0 +1,7 @@
+"""`python -m agentrl ...` (and `torchrun ... -m agentrl train ...`): the agentrl CLI."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
