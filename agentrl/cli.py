@@ -29,7 +29,14 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     if args.resume:
         cfg.train.run_dir = args.resume
-    final = Trainer(cfg, resume=bool(args.resume)).run()
+    if cfg.learner.strategy == "fsdp":  # one process per rank under torchrun; rank 0 runs the loop
+        from .backends.fsdp import train
+
+        final = train(cfg, resume=bool(args.resume))
+        if final is None:  # a worker rank
+            return 0
+    else:
+        final = Trainer(cfg, resume=bool(args.resume)).run()
     print(json.dumps({"run_dir": cfg.train.run_dir, **final}, indent=1))
     return 0
 

@@ -53,6 +53,7 @@ class RolloutConfig:
     workers: int = 0
     worker_cpus: float = 1.0  # Ray CPU resources reserved per env-worker actor (e.g. 1 per browser)
     worker_threads: int = 8  # env steps one worker runs concurrently (its envs' I/O: sandboxes, browsers)
+    worker_timeout_s: float = 300.0  # an env call running longer kills and restarts its worker (<= 0: no limit)
     ray_address: str = ""  # "" = join the cluster in RAY_ADDRESS if set, else start a local one
     # Render info["tools"] JSON schemas into the chat template? None = only when the env's parser is not "tags"
     # (tag-style envs already describe their tools in the system prompt, as Search-R1/ARPO prompts do).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -75,6 +76,13 @@ def validate(cfg: Config) -> None:
         except KeyError as e:
             raise ConfigError(str(e).strip('"')) from None
     _validate_scale(cfg)
+    from .rollout.workers import validate_workers
+
+    validate_workers(cfg)
+    if cfg.backend.replicas != 1 or cfg.backend.openai_base_urls:
+        from .backends.replicas import validate_replicas
+
+        validate_replicas(cfg)
     for name in ("corrupt_share", "warmup_ratio", "min_lr_ratio"):
         if not 0.0 <= getattr(cfg.sft, name) <= 1.0:
             raise ConfigError(f"sft.{name} must be in [0, 1], got {getattr(cfg.sft, name)!r}")
@@ -96,6 +104,7 @@ def _validate_scale(cfg: Config) -> None:
         raise ConfigError("train.async needs algo.old_logprobs=learner: the sampler's logprobs are from an older "
                           "policy, so the learner recomputes pi_old and TIS corrects for the difference")
     lora = cfg.learner.lora
+    _validate_strategy(cfg)
     if lora.r < 0 or (lora.r > 0 and lora.alpha <= 0) or not 0.0 <= lora.dropout < 1.0:
         raise ConfigError(f"learner.lora needs r >= 0, alpha > 0 and dropout in [0, 1), got {lora}")
     if lora.r > 0:
@@ -105,6 +114,20 @@ def _validate_scale(cfg: Config) -> None:
             require_peft()
         except ImportError:
             raise ConfigError(INSTALL_HINT) from None
+
+
+def _validate_strategy(cfg: Config) -> None:
+    """learner.strategy: fsdp runs under torchrun (backends/fsdp.py)."""
+    strategy = cfg.learner.strategy
+    if strategy not in ("single", "fsdp"):
+        raise ConfigError(f"unknown learner.strategy {strategy!r}; known: single, fsdp")
+    if strategy == "fsdp" and "WORLD_SIZE" not in os.environ:
+        raise ConfigError("learner.strategy=fsdp runs one process per device under torch.distributed: launch with "
+                          "`torchrun --nproc_per_node N -m agentrl train CONFIG learner.strategy=fsdp ...` "
+                          "(N = 1 works too)")
+    if strategy == "fsdp" and cfg.learner.lora.r > 0:
+        raise ConfigError("learner.lora is not supported with learner.strategy=fsdp yet: use learner.strategy=single "
+                          "(LoRA already keeps the trainable state small)")
 
 
 def tis_on(cfg: Config) -> bool:
@@ -137,7 +160,12 @@ def ensure_model(cfg: Config) -> str:
 
 
 def make_generator(cfg: Config, model, tokenizer):
-    """The learner's model is shared with an in-process HF generator (weight sync is then free)."""
+    """The learner's model is shared with an in-process HF generator (weight sync is then free). R replicas
+    (backend.replicas, backend.openai_base_urls) sit behind one router: backends/replicas.py."""
+    if cfg.backend.replicas != 1 or cfg.backend.openai_base_urls:
+        from .backends.replicas import make_replicas
+
+        return make_replicas(cfg, model, tokenizer)
     if cfg.backend.generator == "hf":
         from .backends.hf import HFGenerator
 
@@ -175,12 +203,16 @@ class Trainer:
         self.model, self.tokenizer = load_model(ensure_model(cfg) if adapter else path, dtype=cfg.model.dtype,
                                                 device=device)
         self.chat = ChatTokenizer(self.tokenizer)
-        ref = make_ref_model(self.model) if cfg.algo.kl_coef > 0 else None  # with LoRA: the frozen base
+        ref = self._reference(cfg, device) if cfg.algo.kl_coef > 0 else None  # with LoRA: the frozen base
         if adapter:
             self.model = load_lora(self.model, adapter)
         elif cfg.learner.lora.r > 0:
             self.model = apply_lora(self.model, cfg.learner.lora)
-        self.learner = Learner(self.model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
+        if cfg.learner.strategy == "fsdp":  # sharded over the torchrun ranks; the others serve() (backends/fsdp.py)
+            from .backends.fsdp import FSDPLearner as learner_cls
+        else:
+            learner_cls = Learner
+        self.learner = learner_cls(self.model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
         self._setup_generation(cfg)
         self.memory = None
         wrappers = cfg.env.wrappers
@@ -204,36 +236,57 @@ class Trainer:
         self.prefetch = (Prefetcher(lambda step, version: self.collect(step, version), cfg.train.max_staleness)
                          if async_mode(cfg) == "one_step_off" else None)
 
+    def _reference(self, cfg: Config, device: str):
+        """The KL reference: the policy RL starts from, i.e. model.path's weights, or after an SFT warm start the
+        post-SFT weights (run() then saves them as checkpoints/step_000000, which a resumed run reloads)."""
+        from .models import load_model
+
+        if not self.resume_from:
+            return make_ref_model(self.model)
+        src = os.path.join(self.run_dir, CKPT, "step_000000")
+        src = src if os.path.isdir(src) else ensure_model(cfg)
+        ref, _ = load_model(ensure_model(cfg) if is_adapter_dir(src) else src, dtype=cfg.model.dtype, device=device)
+        if is_adapter_dir(src):  # LoRA + SFT warm start: the base with the post-SFT adapter merged in
+            ref = plain_copy(load_lora(ref, src), device=device)
+        return make_ref_model(ref)
+
     def _setup_generation(self, cfg: Config) -> None:
         """The model the generator samples with. Shared with the learner (sync is free) unless the generator must
         not see the learner mid-update (train.async) or needs plain weights (LoRA with vllm/openai): then a
         separate adapter-free copy, refreshed with the merged policy weights at every sync."""
-        separate = async_mode(cfg) != "off" or (is_lora(self.model) and cfg.backend.generator != "hf")
+        fsdp = cfg.learner.strategy == "fsdp"  # the policy is sharded: rank 0 generates with a full copy
+        separate = fsdp or async_mode(cfg) != "off" or (is_lora(self.model) and cfg.backend.generator != "hf")
         if not separate:
             self.gen_model, self.gen_chat = self.model, self.chat
         else:
             import copy
 
             device = None if cfg.backend.generator == "hf" else "cpu"  # engines keep their own copy on the GPU
-            self.gen_model = plain_copy(self.model, device=device)
+            self.gen_model = self.learner.full_model.to(device or self.learner.device) if fsdp else \
+                plain_copy(self.model, device=device)
             # the background collector gets its own tokenizer (fast tokenizers are not safe across threads)
             self.gen_chat = ChatTokenizer(copy.deepcopy(self.tokenizer)) if async_mode(cfg) != "off" else self.chat
         self.generator = make_generator(cfg, self.gen_model, self.tokenizer)
 
     def sync(self) -> None:
         """Bring the generator up to date with the policy (merged weights for a LoRA policy)."""
-        if self.gen_model is not self.model:
+        if self.cfg.learner.strategy == "fsdp":  # gathered from the shards (a collective)
+            self.learner.copy_policy_into(self.gen_model)
+        elif self.gen_model is not self.model:
             copy_policy_into(self.gen_model, self.model)
         self.generator.sync_weights(self.gen_model)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
         cfg = self.cfg
-        if self.start_step == 0:
+        if self.start_step == 0 and not self.resume_from:
             if cfg.sft.enabled:
                 with self.timer("sft"):
                     self.sft()
                 self.sync()  # an engine (or generator copy) with its own weights must see the SFT weights
+                if cfg.algo.kl_coef > 0:  # KL anchors at the policy RL starts from (verl: ref = initial actor)
+                    self.learner.reset_reference()
+                    self.save(0)  # ... which a resumed run reloads as its reference
             self.log_eval(0)
         bar = _progress(cfg.train.progress, self.start_step, cfg.train.steps)
         for step in range(self.start_step + 1, cfg.train.steps + 1):
@@ -261,8 +314,9 @@ class Trainer:
                                     self.cfg.rollout.max_turns, s.corrupt_share, s.seed, self.cfg.rollout.render_tools,
                                     s.corrupt_turn, wrappers=self.cfg.env.wrappers)
         demo_stats = {"sft/demos": len(demos), "sft/demo_success": float(np.mean([d.success for d in demos]))}
-        sft_train(self.model, demos, s, self.tokenizer.pad_token_id,
-                  log=lambda m: self.logger.log({"train/step": 0, **demo_stats, **m}))
+        train = self.learner.sft if self.cfg.learner.strategy == "fsdp" else partial(sft_train, self.model)
+        train(demos, s, self.tokenizer.pad_token_id,
+              log=lambda m: self.logger.log({"train/step": 0, **demo_stats, **m}))
 
     def log_eval(self, step: int) -> dict:
         with self.timer("eval"):
@@ -301,6 +355,7 @@ class Trainer:
         with t("sync"):
             self.sync()
         perf = t.pop()
+        perf.update(getattr(self.generator, "pop_metrics", dict)())  # backend.replicas: routing + sync times
         n_tok = float(batch.loss_mask.sum())
         perf["perf/step_time"] = sum(v for k, v in perf.items() if k.startswith("perf/time/"))
         perf["perf/gen_tokens_per_s"] = n_tok / max(perf.get("perf/time/collect", 1e-9), 1e-9)
@@ -408,7 +463,10 @@ class Trainer:
         """A LoRA policy saves its adapter (the base stays at model.path); the final checkpoint also holds the
         merged model under merged/ for eval and serving."""
         path = os.path.join(self.run_dir, CKPT, f"step_{step:06d}")
-        self.model.save_pretrained(path)
+        if self.cfg.learner.strategy == "fsdp":  # the full weights, gathered from the shards (a collective)
+            self.gen_model.save_pretrained(path, state_dict=self.learner.full_state_dict())
+        else:
+            self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         if final and is_lora(self.model):
             save_merged(self.model, os.path.join(path, "merged"), self.tokenizer)

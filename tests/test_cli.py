@@ -52,8 +52,12 @@ def test_train_smoke_writes_metrics_checkpoints_and_changes_weights(tmp_path, mo
     assert any(not torch.equal(one[k], two[k]) for k in one)
 
 
-def test_resume_continues_exactly(tmp_path, model_dir):
-    common = ["configs/smoke.yaml", f"model.path={model_dir}", "rollout.temperature=1.0", "train.save_every=2"]
+# second case: the KL reference after an SFT warm start is the post-SFT policy, and a resumed run reloads it
+@pytest.mark.parametrize("extra", [[], ["sft.enabled=true", "sft.n_demos=48", "sft.epochs=1", "algo.kl_coef=0.05"]],
+                         ids=["plain", "sft_kl"])
+def test_resume_continues_exactly(tmp_path, model_dir, extra):
+    common = ["configs/smoke.yaml", f"model.path={model_dir}", "rollout.temperature=1.0", "train.save_every=2",
+              *extra]
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     agentrl("train", *common, "train.steps=4", f"train.run_dir={full}")
     agentrl("train", *common, "train.steps=2", f"train.run_dir={part}")
@@ -64,6 +68,8 @@ def test_resume_continues_exactly(tmp_path, model_dir):
                 for r in _records(run) if "rollout/success" in r}
 
     assert train_metrics(full) == train_metrics(part)
+    if extra:  # step 1 samples with the post-SFT policy, which is the reference: KL exactly 0
+        assert train_metrics(full)[1]["actor/kl_ref"] == 0.0 and train_metrics(full)[2]["actor/kl_ref"] > 0
     a, b = _weights(full, 4), _weights(part, 4)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

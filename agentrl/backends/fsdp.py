@@ -120,6 +120,9 @@ class FSDPLearner(Learner):
     def load_state_dict(self, state: dict) -> None:
         self._command("load_state_dict", state=state)
 
+    def reset_reference(self) -> None:
+        self._command("reset_reference")
+
     def full_state_dict(self) -> dict:
         """The policy's full (unsharded) weights on CPU at rank 0, under the plain model's keys."""
         out: dict = {}
@@ -188,6 +191,14 @@ class FSDPLearner(Learner):
             full = _full(v) if alias == k else None
             if sink is not None:
                 sink(k, full, None if alias == k else alias)
+
+    @torch.no_grad()
+    def _reset_reference(self) -> None:
+        """Every rank copies its policy shards into the reference's (both are sharded the same way)."""
+        if self.ref_model is None:
+            return
+        for dst, src in zip(self.ref_model.parameters(), self.model.parameters()):
+            dst.copy_(src)
 
     def _state_dict(self) -> Optional[dict]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict

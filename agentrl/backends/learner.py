@@ -150,6 +150,15 @@ class Learner:
             g["lr"] = lr
         return lr
 
+    @torch.no_grad()
+    def reset_reference(self) -> None:
+        """Make the reference model the current policy (merged weights for LoRA). The trainer calls it after the
+        SFT warm start, so KL anchors at the policy RL starts from."""
+        if self.ref_model is not None:
+            from .lora import policy_state_dict
+
+            self.ref_model.load_state_dict(policy_state_dict(self.model))
+
     def state_dict(self) -> dict:
         return {"optimizer": self.opt.state_dict(), "steps": self.steps}
 

@@ -11,7 +11,7 @@ import gymnasium
 
 from ..backends.base import GenRequest, SamplingParams
 from ..config import RolloutConfig
-from ..types import Task, Trajectory, Turn
+from ..types import Message, Task, Trajectory, Turn
 from .template import ChatTokenizer
 
 
@@ -75,17 +75,34 @@ class ChainCollector:
         self.stats: dict = {}  # of the last collect(): env_errors, truncated_tokens, and rollout/* metrics
         self._n_envs = 0  # envs handed out in the current collect()
         self._next_node = 0  # Turn.node_id counter of the current collect()
+        self.workers = None  # rollout.workers > 0: the EnvPool of Ray actors the envs live in (rollout/workers.py)
+        self._restarts0 = 0
 
     def _env(self, i: int) -> gymnasium.Env:
         while len(self.envs) <= i:
-            self.envs.append(make_env(self.env_id, self.env_kwargs, self.cfg.max_turns, self.wrappers))
+            self.envs.append(self._make_env())
         return self.envs[i]
+
+    def _make_env(self):
+        if self.cfg.workers <= 0:
+            return make_env(self.env_id, self.env_kwargs, self.cfg.max_turns, self.wrappers)
+        if self.workers is None:
+            from .workers import EnvPool
+
+            c = self.cfg
+            self.workers = EnvPool(c.workers, self.env_id, self.env_kwargs, c.max_turns, self.wrappers,
+                                   cpus=c.worker_cpus, threads=c.worker_threads, timeout_s=c.worker_timeout_s,
+                                   address=c.ray_address)
+        return self.workers.env()
 
     def close(self) -> None:
         for e in self.envs:
             e.close()
         self.envs = []
         self.pool.shutdown(wait=False)
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
 
     def collect(self, tasks: Sequence[Task], group_size: int, seed: int, group_prefix: str = "",
                 temperature: Optional[float] = None, policy_version: int = 0) -> list[Trajectory]:
@@ -100,12 +117,15 @@ class ChainCollector:
     def _begin(self) -> None:
         self.stats = {"env_errors": 0, "truncated_tokens": 0, "gen_tokens": 0}
         self._n_envs, self._next_node = 0, 0
+        self._restarts0 = self.workers.restarts if self.workers is not None else 0
 
     def _end(self, trajs: Sequence[Trajectory], n_tasks: int) -> None:
         """rollout/* metrics every strategy reports (tokens counted once however many trajectories share them)."""
         self.stats["rollout/gen_tokens"] = self.stats["gen_tokens"]
         self.stats["rollout/leaves_per_task"] = len(trajs) / max(1, n_tasks)
         self.stats["rollout/gen_tokens_per_leaf"] = self.stats["gen_tokens"] / max(1, len(trajs))
+        if self.workers is not None:
+            self.stats["rollout/worker_restarts"] = self.workers.restarts - self._restarts0
 
     def _params(self, temperature: Optional[float], top_k_logprobs: Optional[int] = None) -> SamplingParams:
         return SamplingParams(
@@ -208,6 +228,7 @@ class ChainCollector:
         self.stats["gen_tokens"] += len(turn.action_ids)
         if error is not None:  # the env itself broke: the episode is unscorable, never a silent 0
             turn.reward, turn.truncated = 0.0, True
+            turn.obs_messages = [Message("system", f"env error: {error}")]  # the cause stays with the episode
             e.traj.reward_parts["env_error"] = 1.0
             e.traj.turns.append(turn)
             self.stats["env_errors"] += 1
