@@ -345,25 +345,21 @@ class RayReplica:
 
 
 def import_ray():
+    from ..cluster import require_ray
+
     try:
-        import ray
+        return require_ray("backend.replicas > 1 with the vllm backend")
     except ImportError as e:
-        raise ImportError(f"{SCALE_HINT} ({e})") from e
-    return ray
-
-
-def init_ray(address: str = "") -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a local one; a no-op when already connected."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=address or None, ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
+        raise ImportError(SCALE_HINT) from e
 
 
 def ray_replicas(factory: Callable[..., Any], kwargs_list: Sequence[dict], *, num_gpus: float = 0,
                  num_cpus: float = 1, address: str = "") -> list[RayReplica]:
     """One actor per kwargs in `kwargs_list`, each building `factory(**kwargs)` (an importable callable)."""
+    from ..cluster import init_ray
+
     ray = import_ray()
-    init_ray(address)
+    init_ray(address, min_cpus=num_cpus * len(kwargs_list))
     cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus)(_ReplicaActor)
     return [RayReplica(cls.remote(factory, kw)) for kw in kwargs_list]
 

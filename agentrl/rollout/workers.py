@@ -18,38 +18,14 @@ fresh start, so a reset that meets a dead actor re-opens the env on the replacem
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import threading
 from typing import Any, Optional, Sequence
 
-INSTALL_HINT = 'rollout.workers needs ray: pip install "agentrl[scale]"'
-
+from ..cluster import init_ray, require_ray
 
 class EnvLost(RuntimeError):
     """The worker that held this env died or hung; the episode's state is gone."""
-
-
-def require_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
-    return ray
-
-
-def init_ray(address: str = "", min_cpus: float = 0.0) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); without either start a local one with at least `min_cpus`
-    logical CPUs (more actors than cores is fine for I/O-bound envs). No-op when Ray is already initialised."""
-    ray = require_ray()
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), include_dashboard=False,
-                 ignore_reinit_error=True, log_to_driver=False)
 
 
 class _EnvHost:
@@ -99,7 +75,7 @@ class EnvPool:
                  cpus: float = 1.0, threads: int = 8, timeout_s: float = 300.0, address: str = ""):
         if n < 1:
             raise ValueError(f"rollout.workers must be >= 1 to use a pool, got {n}")
-        ray = require_ray()
+        ray = require_ray("rollout.workers")
         init_ray(address, min_cpus=n * cpus)
         self._ray = ray
         self._remote = ray.remote(_EnvHost)
@@ -226,6 +202,6 @@ def validate_workers(cfg) -> None:
                           f"got workers={r.workers}, worker_cpus={r.worker_cpus}, worker_threads={r.worker_threads}")
     if r.workers > 0:
         try:
-            require_ray()
-        except ImportError:
-            raise ConfigError(INSTALL_HINT) from None
+            require_ray("rollout.workers")
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
