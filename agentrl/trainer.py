@@ -478,12 +478,13 @@ class Trainer:
     def _write_trajectories(self, step: int, trajs: list[Trajectory], split: str) -> None:
         with open(os.path.join(self.run_dir, "trajectories.jsonl"), "a") as f:
             for t in trajs:
-                f.write(json.dumps({
-                    "step": step, "split": split, "id": t.id, "group": t.group_id, "reward": t.reward,
-                    "success": t.success, "prompt": self.chat.decode(t.prompt_ids),
-                    "turns": [{"action": u.action_text, "obs": self.chat.decode(u.obs_ids), "reward": u.reward,
-                               "valid": u.action_valid} for u in t.turns],
-                }) + "\n")
+                rec = {"step": step, "split": split, "id": t.id, "group": t.group_id, "reward": t.reward,
+                       "success": t.success, "prompt": self.chat.decode(t.prompt_ids),
+                       "turns": [{"action": u.action_text, "obs": self.chat.decode(u.obs_ids), "reward": u.reward,
+                                  "valid": u.action_valid} for u in t.turns]}
+                if t.reward_parts.get("env_error") and t.turns and t.turns[-1].obs_messages:
+                    rec["env_error"] = t.turns[-1].obs_messages[0].content  # why the episode is unscorable
+                f.write(json.dumps(rec) + "\n")
 
 
 def latest_checkpoint(run_dir: str) -> Optional[str]:

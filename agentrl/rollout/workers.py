@@ -24,6 +24,9 @@ from typing import Any, Optional, Sequence
 
 from ..cluster import init_ray, require_ray
 
+START_TIMEOUT_S = 600.0  # limit for starting a worker and making an env on it
+
+
 class EnvLost(RuntimeError):
     """The worker that held this env died or hung; the episode's state is gone."""
 
@@ -103,12 +106,15 @@ class EnvPool:
             actor, current = self.actors[slot], self.incarnation[slot]
         if current != incarnation:
             raise EnvLost(f"env worker {slot} was restarted; this episode's env state is gone")
+        # "open" includes starting the actor (a process that imports agentrl) and building the env (a browser...):
+        # it gets START_TIMEOUT_S, not the per-call limit
+        limit = self.timeout_s if method != "open" else max(self.timeout_s or 0.0, START_TIMEOUT_S)
         try:
-            return ray.get(getattr(actor, method).remote(*args), timeout=self.timeout_s)
+            return ray.get(getattr(actor, method).remote(*args), timeout=limit)
         except ray.exceptions.GetTimeoutError:
             self.replace(slot, incarnation)
-            raise EnvLost(f"env worker {slot}: {method} took longer than rollout.worker_timeout_s="
-                          f"{self.timeout_s:g}; the worker was killed and restarted") from None
+            raise EnvLost(f"env worker {slot}: {method} took longer than {limit:g} s "
+                          f"(rollout.worker_timeout_s); the worker was killed and restarted") from None
         except ray.exceptions.RayActorError as e:
             self.replace(slot, incarnation)
             raise EnvLost(f"env worker {slot} died during {method} ({type(e).__name__}); restarted") from None

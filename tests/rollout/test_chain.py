@@ -130,6 +130,8 @@ def test_env_that_raises_makes_the_trajectory_unscorable(tokenizer):
     task = gymnasium.make("test/RaisingReward-v0").unwrapped.make_tasks("train", 1, 0)[0]
     traj = col.collect([task], group_size=2, seed=0)
     assert all(t.reward is None for t in traj) and col.stats["env_errors"] == 2
+    # the cause stays with the episode (and reaches trajectories.jsonl as "env_error")
+    assert all("ValueError: reward function bug" in t.turns[-1].obs_messages[0].content for t in traj)
 
 
 def test_unknown_env_id_is_a_clear_error(tokenizer):

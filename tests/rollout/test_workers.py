@@ -95,7 +95,7 @@ def test_a_dead_or_hung_worker_is_replaced_and_its_episodes_fail_counted(tokeniz
     tasks = _tasks(4)
     victim = f"Compute {tasks[0].options['expression']}."
     gen = ScriptedGenerator(tokenizer, _faulty_script(fault, victim))
-    col = _collector(gen, tokenizer, env_id=FAULTY, workers=2, worker_timeout_s=3.0)
+    col = _collector(gen, tokenizer, env_id=FAULTY, workers=2, worker_timeout_s=5.0)
     try:
         trajs = col.collect(tasks, group_size=1, seed=0)  # envs 0..3 on workers 0, 1, 0, 1
         assert len(trajs) == 4  # nothing lost
@@ -129,3 +129,26 @@ def test_bad_worker_settings_are_config_errors(override):
 
     with pytest.raises(ConfigError, match="rollout.worker"):
         validate(load_config(None, [override]))
+
+
+def test_a_training_step_runs_its_rollouts_in_workers(tmp_path, tiny_dir):
+    """Trainer wiring: rollout.workers reaches the collector; the worker metrics are logged; the step trains."""
+    import json
+
+    from agentrl.config import load_config
+    from agentrl.trainer import Trainer
+
+    run = str(tmp_path / "run")
+    cfg = load_config("configs/smoke.yaml", [f"model.path={tiny_dir}", f"train.run_dir={run}", "train.steps=1",
+                                             "sft.enabled=false", "eval.n_tasks=2", "train.save_every=0",
+                                             "train.plot=false", "rollout.workers=2"])
+    tr = Trainer(cfg)
+    try:
+        tr.run()
+        assert tr.collector.workers is not None and len(tr.collector.workers.actors) == 2
+    finally:
+        tr.collector.close()
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        step = [r for r in map(json.loads, f) if "rollout/success" in r][0]
+    assert step["rollout/worker_restarts"] == 0 and step["rollout/env_errors"] == 0
+    assert "actor/grad_norm" in step
