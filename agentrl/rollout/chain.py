@@ -3,6 +3,7 @@ per turn, env steps (tool calls) run concurrently in threads. Tokens are kept ex
 from __future__ import annotations
 
 import copy
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -13,6 +14,8 @@ from ..backends.base import GenRequest, SamplingParams
 from ..config import RolloutConfig
 from ..types import Message, Task, Trajectory, Turn
 from .template import ChatTokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,10 +176,30 @@ class ChainCollector:
         """A new episode of `task` from its reset."""
         env = self._new_env()
         reset_seed = seed * 100_003 + self._n_envs - 1
-        _, info = env.reset(seed=reset_seed, options={"task": task})
+        info = self._reset(env, reset_seed, task, traj_id)
+        if info is None:
+            return self._unstarted(env, Trajectory(id=traj_id, group_id=group_id, task=task, prompt_ids=[]),
+                                   reset_seed)
         prompt = self.chat.prompt_ids(info["messages"], tools=template_tools(env, info, self.cfg.render_tools))
         traj = Trajectory(id=traj_id, group_id=group_id, task=task, prompt_ids=prompt)
         return _Episode(traj=traj, env=env, context=list(prompt), info=info, reset_seed=reset_seed)
+
+    def _reset(self, env, seed: int, task: Task, traj_id: str) -> Optional[dict]:
+        """env.reset's info, or None when the env cannot start (a browser or sandbox that fails to launch, a lost
+        worker): that episode fails (counted in env_errors), the collect goes on."""
+        try:
+            return env.reset(seed=seed, options={"task": task})[1]
+        except Exception as exc:
+            log.warning("%s: reset for %s failed, the episode is unscorable: %s: %s", self.env_id, traj_id,
+                        type(exc).__name__, exc)
+            self.stats["env_errors"] += 1
+            return None
+
+    @staticmethod
+    def _unstarted(env, traj: Trajectory, reset_seed: int) -> _Episode:
+        """A finished, unscorable (reward None) episode with no turns."""
+        traj.reward_parts["env_error"] = 1.0
+        return _Episode(traj=traj, env=env, context=[], done=True, reset_seed=reset_seed)
 
     def _fork(self, src: _Episode, depth: int, traj_id: str) -> _Episode:
         """A new episode that shares src's first `depth` turns (same tokens, same node ids) and continues from
@@ -184,7 +207,10 @@ class ChainCollector:
         actions replayed (check-env verifies replay determinism; a mismatch here raises)."""
         env = self._new_env()
         base = env.unwrapped
-        _, info = env.reset(seed=src.reset_seed, options={"task": src.traj.task})
+        info = self._reset(env, src.reset_seed, src.traj.task, traj_id)
+        if info is None:
+            return self._unstarted(env, Trajectory(id=traj_id, group_id=src.traj.group_id, task=src.traj.task,
+                                                   prompt_ids=[], tree_id=src.traj.tree_id), src.reset_seed)
         if depth and can_snapshot(env) and len(src.snapshots) >= depth:
             info = base.restore(src.snapshots[depth - 1])
         else:

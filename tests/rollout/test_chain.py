@@ -134,6 +134,32 @@ def test_env_that_raises_makes_the_trajectory_unscorable(tokenizer):
     assert all("ValueError: reward function bug" in t.turns[-1].obs_messages[0].content for t in traj)
 
 
+class _BadResetEnv(_BrokenToolEnv):
+    def reset(self, *, seed=None, options=None):
+        if seed is not None and seed % 2:  # every second env cannot start (a browser that fails to launch)
+            raise RuntimeError("browser failed to launch")
+        return super().reset(seed=seed, options=options)
+
+
+gymnasium.register(id="test/BadReset-v0", entry_point=_BadResetEnv)
+
+
+@pytest.mark.parametrize("strategy", ["chain", "tree", "arpo"])
+def test_env_that_cannot_reset_fails_its_episode_not_the_collect(tokenizer, strategy):
+    from agentrl.rollout import ROLLOUTS
+
+    rc = RolloutConfig(max_turns=2, max_new_tokens=16, max_total_tokens=200, tree_m=2, tree_n=1, tree_k=2,
+                       arpo_initial=2)
+    col = ROLLOUTS.get(strategy)("test/BadReset-v0", {}, ScriptedGenerator(tokenizer, ["<answer>42</answer>"]),
+                                 ChatTokenizer(tokenizer), rc)
+    tasks = gymnasium.make("test/BadReset-v0").unwrapped.make_tasks("train", 2, 0)
+    trajs = col.collect(tasks, group_size=4, seed=0)
+    failed = [t for t in trajs if t.reward_parts.get("env_error")]
+    assert failed and col.stats["env_errors"] >= len(failed)
+    assert all(t.reward is None and not t.turns for t in failed)
+    assert all(t.reward == 1.0 and t.success for t in trajs if not t.reward_parts.get("env_error"))
+
+
 def test_unknown_env_id_is_a_clear_error(tokenizer):
     col, _ = _collector(tokenizer, ["x"], env_id="agentrl/Calculater-v0")
     with pytest.raises(ValueError, match="Calculator-v0"):
