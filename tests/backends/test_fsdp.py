@@ -178,16 +178,18 @@ def _train(run, model_dir, launcher, *extra):
         return [json.loads(ln) for ln in f]
 
 
-@pytest.mark.slow  # ~30 s on 2 cores: with it the file's default part would exceed its ~60 s budget
-def test_torchrun_quickstart_fsdp_matches_single_process_run(tmp_path, tiny_dir):
+@pytest.mark.slow  # ~30 s each on 2 cores: with it the file's default part would exceed its ~60 s budget
+@pytest.mark.parametrize("extra", [[], ["train.async=one_step_off"]], ids=["sync", "async"])
+def test_torchrun_quickstart_fsdp_matches_single_process_run(tmp_path, tiny_dir, extra):
     """The documented launch, shrunk: 2 ranks, SFT warm start (a collective), KL to a sharded reference, 2 RL steps,
-    checkpoints of the gathered full weights; the same run single-process gives the same metrics and weights."""
+    checkpoints of the gathered full weights; the same run single-process gives the same metrics and weights.
+    Also with one-step-off async (rank 0 generates in the background while all ranks update)."""
     from safetensors.torch import load_file
 
     fsdp, single = str(tmp_path / "fsdp"), str(tmp_path / "single")
     got = _train(fsdp, tiny_dir, ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                                  str(_free_port())], "learner.strategy=fsdp")
-    ref = _train(single, tiny_dir, [])
+                                  str(_free_port())], "learner.strategy=fsdp", *extra)
+    ref = _train(single, tiny_dir, [], *extra)
     assert sum("actor/grad_norm" in m for m in got) == 2
     for g, r in zip(got, ref, strict=True):
         for k, v in r.items():
