@@ -173,6 +173,22 @@ def make_generator(cfg: Config, model, tokenizer):
     return GENERATORS.get(cfg.backend.generator)(cfg=cfg, model=model, tokenizer=tokenizer)
 
 
+def load_reference(cfg: Config, model, resume_from: Optional[str], device: str):
+    """The KL reference: the policy RL starts from, i.e. model.path's weights (a copy of the freshly loaded
+    `model`; for LoRA the frozen base), or after an SFT warm start the post-SFT weights (run() saves them as
+    checkpoints/step_000000, which a resumed run reloads). Every fsdp rank builds it the same way."""
+    from .models import load_model
+
+    if not resume_from:
+        return make_ref_model(model)
+    src = os.path.join(cfg.train.run_dir, CKPT, "step_000000")
+    src = src if os.path.isdir(src) else ensure_model(cfg)
+    ref, _ = load_model(ensure_model(cfg) if is_adapter_dir(src) else src, dtype=cfg.model.dtype, device=device)
+    if is_adapter_dir(src):  # LoRA + SFT warm start: the base with the post-SFT adapter merged in
+        ref = plain_copy(load_lora(ref, src), device=device)
+    return make_ref_model(ref)
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
         validate(cfg)
@@ -203,7 +219,7 @@ class Trainer:
         self.model, self.tokenizer = load_model(ensure_model(cfg) if adapter else path, dtype=cfg.model.dtype,
                                                 device=device)
         self.chat = ChatTokenizer(self.tokenizer)
-        ref = self._reference(cfg, device) if cfg.algo.kl_coef > 0 else None  # with LoRA: the frozen base
+        ref = load_reference(cfg, self.model, self.resume_from, device) if cfg.algo.kl_coef > 0 else None
         if adapter:
             self.model = load_lora(self.model, adapter)
         elif cfg.learner.lora.r > 0:
@@ -235,20 +251,6 @@ class Trainer:
                 f.write(dump_config(cfg))
         self.prefetch = (Prefetcher(lambda step, version: self.collect(step, version), cfg.train.max_staleness)
                          if async_mode(cfg) == "one_step_off" else None)
-
-    def _reference(self, cfg: Config, device: str):
-        """The KL reference: the policy RL starts from, i.e. model.path's weights, or after an SFT warm start the
-        post-SFT weights (run() then saves them as checkpoints/step_000000, which a resumed run reloads)."""
-        from .models import load_model
-
-        if not self.resume_from:
-            return make_ref_model(self.model)
-        src = os.path.join(self.run_dir, CKPT, "step_000000")
-        src = src if os.path.isdir(src) else ensure_model(cfg)
-        ref, _ = load_model(ensure_model(cfg) if is_adapter_dir(src) else src, dtype=cfg.model.dtype, device=device)
-        if is_adapter_dir(src):  # LoRA + SFT warm start: the base with the post-SFT adapter merged in
-            ref = plain_copy(load_lora(ref, src), device=device)
-        return make_ref_model(ref)
 
     def _setup_generation(self, cfg: Config) -> None:
         """The model the generator samples with. Shared with the learner (sync is free) unless the generator must

@@ -269,15 +269,15 @@ def build_worker_learner(cfg, resume: bool) -> FSDPLearner:
     import numpy as np
 
     from ..models import load_model
-    from ..trainer import ensure_model, latest_checkpoint, pick_device
-    from .learner import make_ref_model
+    from ..trainer import ensure_model, latest_checkpoint, load_reference, pick_device
 
     random.seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    path = (latest_checkpoint(cfg.train.run_dir) if resume else None) or ensure_model(cfg)
-    model, _ = load_model(path, dtype=cfg.model.dtype, device=pick_device(cfg.backend.device))
-    ref = make_ref_model(model) if cfg.algo.kl_coef > 0 else None
+    resume_from = latest_checkpoint(cfg.train.run_dir) if resume else None
+    device = pick_device(cfg.backend.device)
+    model, _ = load_model(resume_from or ensure_model(cfg), dtype=cfg.model.dtype, device=device)
+    ref = load_reference(cfg, model, resume_from, device) if cfg.algo.kl_coef > 0 else None
     return FSDPLearner(model, cfg.learner, cfg.algo, cfg.rollout.temperature, ref_model=ref)
 
 

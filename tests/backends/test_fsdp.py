@@ -167,15 +167,18 @@ def test_fsdp_without_torchrun_is_a_clear_cli_error(tmp_path):
 
 
 def _train(run, model_dir, launcher, *extra):
-    args = ["-m", "agentrl", "train", "configs/quickstart.yaml", f"model.path={model_dir}", f"train.run_dir={run}",
+    # the smoke config: its SFT + overlong shaping give scores that differ within groups, so every step has a
+    # gradient (asserted below: a run without one would compare trivially)
+    args = ["-m", "agentrl", "train", "configs/smoke.yaml", f"model.path={model_dir}", f"train.run_dir={run}",
             "train.steps=2", "train.save_every=1", "train.progress=false", "train.plot=false",
-            "rollout.tasks_per_step=2", "rollout.group_size=4", "learner.micro_batch_size=3", "sft.n_demos=32",
-            "sft.epochs=1", "eval.n_tasks=4", "algo.kl_coef=0.01", *extra]
+            "learner.micro_batch_size=3", "eval.n_tasks=4", "algo.kl_coef=0.01", *extra]
     r = subprocess.run([sys.executable, *launcher, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     with open(os.path.join(run, "metrics.jsonl")) as f:
-        return [json.loads(ln) for ln in f]
+        recs = [json.loads(ln) for ln in f]
+    assert all(r["actor/grad_norm"] > 0 for r in recs if "actor/grad_norm" in r)
+    return recs
 
 
 @pytest.mark.slow  # ~30 s each on 2 cores: with it the file's default part would exceed its ~60 s budget
@@ -201,4 +204,28 @@ def test_torchrun_quickstart_fsdp_matches_single_process_run(tmp_path, tiny_dir,
         w = load_file(os.path.join(ckpt, "model.safetensors"))
         w1 = load_file(os.path.join(single, "checkpoints", f"step_{step:06d}", "model.safetensors"))
         assert w.keys() == w1.keys()  # tied embeddings saved once, as single-process save_pretrained does
-        assert max(float((w[k] - w1[k]).abs().max()) for k in w) < 1e-5
+        # per tensor, relative to how far training moved it: Adam's first steps (update ~ lr * g / |g|) turn
+        # summation-order noise in near-zero gradient entries into element differences up to ~1e-4 (measured
+        # 1.4e-4), while whole tensors agree to ~6e-5 of their change
+        w0 = load_file(os.path.join(tiny_dir, "model.safetensors"))
+        assert max(float((w[k] - w1[k]).norm() / (w1[k] - w0[k]).norm().clamp(min=1e-12)) for k in w) < 1e-3
+
+
+@pytest.mark.slow  # ~60 s on 2 cores
+def test_torchrun_fsdp_resume_continues_exactly(tmp_path, tiny_dir):
+    """2 steps + `--resume` to 3 under fsdp equals 3 straight steps: the optimizer shards and the KL reference (the
+    post-SFT policy, checkpoints/step_000000) are restored on every rank."""
+    def launch():
+        return ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    straight = _train(full, tiny_dir, launch(), "learner.strategy=fsdp", "train.steps=3")
+    _train(part, tiny_dir, launch(), "learner.strategy=fsdp", "train.steps=2")
+    resumed = _train(part, tiny_dir, launch(), "learner.strategy=fsdp", "train.steps=3", "--resume", part)
+
+    def by_step(recs):
+        return {r["train/step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+                for r in recs if "actor/grad_norm" in r}
+    assert by_step(straight) == by_step(resumed)
+    kl = [by_step(straight)[s]["actor/kl_ref"] for s in (1, 2, 3)]
+    assert kl[0] == 0.0 and kl[2] > 0  # step 1 samples with the reference itself; later steps have moved away
