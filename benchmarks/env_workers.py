@@ -54,7 +54,7 @@ def main() -> None:
     from agentrl.models import init_model, load_model
     from agentrl.rollout.chain import ChainCollector, make_env
     from agentrl.rollout.template import ChatTokenizer
-    from agentrl.cluster import init_ray
+    from agentrl.backends.cluster import init_ray
 
     env_id, kwargs = "agentrl/Code-v0", {"expert_uses_tool": True}
     import tempfile

@@ -13,7 +13,6 @@ Grad-norm clipping runs on the DTensor gradients (the global norm); metrics are 
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import replace
 from datetime import timedelta
@@ -22,10 +21,9 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
-from ..algos import scale_for
 from ..config import AlgoConfig, LearnerConfig
 from ..types import Batch
-from .learner import Learner, _trim
+from .learner import Learner
 from .lora import plain_copy
 
 STRATEGIES = ("single", "fsdp")
@@ -145,31 +143,14 @@ class FSDPLearner(Learner):
     def _update(self, batch: Batch) -> dict:
         return Learner.update(self, batch)
 
-    def _step(self, mini: Batch) -> dict:
-        """Learner._step on this rank's share of `mini`, normalised by the whole mini-batch; global metrics."""
-        self.model.train()
-        self.opt.zero_grad(set_to_none=True)
-        scale = scale_for(mini.loss_mask)  # the WHOLE mini-batch: the ranks' losses sum to the single-process loss
-        local, _ = self._share(mini)
-        totals: dict = {}
-        mb = self.cfg.micro_batch_size
-        for s in range(0, local.size, mb):
-            loss, metrics = self._micro_loss(_trim(local.select(slice(s, s + mb))), scale)
-            loss.backward()  # FSDP reduce-scatters a SUM into the gradient shards
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        totals = self._all_sum(totals)
-        totals["actor/loss"] = totals.get("actor/pg_loss", 0.0) + self.algo.kl_coef * totals.get("actor/kl_loss", 0.0)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
-        totals["actor/grad_norm"] = float(_full(grad_norm))  # DTensor gradients: the global norm
-        totals["actor/lr"] = self._set_lr()
-        finite = math.isfinite(totals["actor/loss"]) and math.isfinite(totals["actor/grad_norm"])
-        totals["actor/skipped_step"] = 0.0 if finite else 1.0
-        if finite:
-            self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.steps += 1
-        return totals
+    # Learner._step with these two hooks: this rank's share of each mini-batch (its loss still normalised by the
+    # whole mini-batch's scale_for, so the ranks' losses sum to the single-process loss; FSDP reduce-scatters a SUM
+    # into the gradient shards), and metric sums over all ranks. The grad norm of DTensor gradients is global.
+    def _rows(self, mini: Batch) -> Batch:
+        return self._share(mini)[0]
+
+    def _sum_metrics(self, totals: dict) -> dict:
+        return self._all_sum(totals)
 
     def _logprobs(self, batch: Batch, which: str) -> torch.Tensor:
         local, _ = self._share(batch)

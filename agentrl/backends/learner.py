@@ -122,17 +122,20 @@ class Learner:
     def _step(self, mini: Batch) -> dict:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        scale = scale_for(mini.loss_mask)
+        scale = scale_for(mini.loss_mask)  # of the whole mini-batch, also when this process sees only a share
+        rows = self._rows(mini)
         totals: dict = {}
         mb = self.cfg.micro_batch_size
-        for s in range(0, mini.size, mb):
-            sub = _trim(mini.select(slice(s, s + mb)))
+        for s in range(0, rows.size, mb):
+            sub = _trim(rows.select(slice(s, s + mb)))
             loss, metrics = self._micro_loss(sub, scale)
             loss.backward()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
+        totals = self._sum_metrics(totals)
         totals["actor/loss"] = totals.get("actor/pg_loss", 0.0) + self.algo.kl_coef * totals.get("actor/kl_loss", 0.0)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: DTensor
         totals["actor/grad_norm"] = float(grad_norm)
         totals["actor/lr"] = self._set_lr()
         finite = math.isfinite(totals["actor/loss"]) and math.isfinite(totals["actor/grad_norm"])
@@ -141,6 +144,14 @@ class Learner:
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.steps += 1
+        return totals
+
+    def _rows(self, mini: Batch) -> Batch:
+        """The rows of a mini-batch this process trains on (all of them; FSDPLearner: its rank's share)."""
+        return mini
+
+    def _sum_metrics(self, totals: dict) -> dict:
+        """Metric sums over the processes that share the mini-batch (one process: as they are)."""
         return totals
 
     def _set_lr(self) -> float:

@@ -345,7 +345,7 @@ class RayReplica:
 
 
 def import_ray():
-    from ..cluster import require_ray
+    from .cluster import require_ray
 
     try:
         return require_ray("backend.replicas > 1 with the vllm backend")
@@ -356,7 +356,7 @@ def import_ray():
 def ray_replicas(factory: Callable[..., Any], kwargs_list: Sequence[dict], *, num_gpus: float = 0,
                  num_cpus: float = 1, address: str = "") -> list[RayReplica]:
     """One actor per kwargs in `kwargs_list`, each building `factory(**kwargs)` (an importable callable)."""
-    from ..cluster import init_ray
+    from .cluster import init_ray
 
     ray = import_ray()
     init_ray(address, min_cpus=num_cpus * len(kwargs_list))

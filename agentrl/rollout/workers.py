@@ -22,7 +22,7 @@ import os
 import threading
 from typing import Any, Optional, Sequence
 
-from ..cluster import init_ray, require_ray
+from ..backends.cluster import init_ray, require_ray
 
 START_TIMEOUT_S = 600.0  # limit for starting a worker and making an env on it
 
