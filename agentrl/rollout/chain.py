@@ -220,9 +220,12 @@ class ChainCollector:
                     raise RuntimeError(f"{self.env_id}: replaying turn {k} of {src.traj.id} did not reproduce its "
                                        "observation; the env is not replay-deterministic (run agentrl check-env)")
         turns = [copy.copy(t) for t in src.traj.turns[:depth]]
-        traj = Trajectory(id=traj_id, group_id=src.traj.group_id, task=src.traj.task, prompt_ids=src.traj.prompt_ids,
+        # (a root whose own reset failed has no prompt: a fork from it at depth 0 is a fresh start)
+        prompt = src.traj.prompt_ids or self.chat.prompt_ids(info["messages"],
+                                                             tools=template_tools(env, info, self.cfg.render_tools))
+        traj = Trajectory(id=traj_id, group_id=src.traj.group_id, task=src.traj.task, prompt_ids=prompt,
                           turns=turns, tree_id=src.traj.tree_id)
-        context = list(src.traj.prompt_ids) + [x for t in turns for x in t.action_ids + t.obs_ids]
+        context = list(prompt) + [x for t in turns for x in t.action_ids + t.obs_ids]
         return _Episode(traj=traj, env=env, context=context, info=info, reset_seed=src.reset_seed,
                         snapshots=list(src.snapshots[:depth]))
 

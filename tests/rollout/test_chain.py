@@ -135,8 +135,13 @@ def test_env_that_raises_makes_the_trajectory_unscorable(tokenizer):
 
 
 class _BadResetEnv(_BrokenToolEnv):
+    tried: set = set()
+
     def reset(self, *, seed=None, options=None):
-        if seed is not None and seed % 2:  # every second env cannot start (a browser that fails to launch)
+        # every second env fails its first start (a browser that fails to launch); a retry with the same seed (a
+        # tree fork from that root) works
+        if seed is not None and seed % 2 and seed not in _BadResetEnv.tried:
+            _BadResetEnv.tried.add(seed)
             raise RuntimeError("browser failed to launch")
         return super().reset(seed=seed, options=options)
 
@@ -153,11 +158,13 @@ def test_env_that_cannot_reset_fails_its_episode_not_the_collect(tokenizer, stra
     col = ROLLOUTS.get(strategy)("test/BadReset-v0", {}, ScriptedGenerator(tokenizer, ["<answer>42</answer>"]),
                                  ChatTokenizer(tokenizer), rc)
     tasks = gymnasium.make("test/BadReset-v0").unwrapped.make_tasks("train", 2, 0)
+    _BadResetEnv.tried.clear()
     trajs = col.collect(tasks, group_size=4, seed=0)
     failed = [t for t in trajs if t.reward_parts.get("env_error")]
-    assert failed and col.stats["env_errors"] >= len(failed)
+    assert col.stats["env_errors"] >= len(failed) and col.stats["env_errors"] > 0
     assert all(t.reward is None and not t.turns for t in failed)
-    assert all(t.reward == 1.0 and t.success for t in trajs if not t.reward_parts.get("env_error"))
+    ok = [t for t in trajs if not t.reward_parts.get("env_error")]
+    assert ok and all(t.reward == 1.0 and t.success and t.prompt_ids for t in ok)
 
 
 def test_unknown_env_id_is_a_clear_error(tokenizer):
