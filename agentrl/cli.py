@@ -36,7 +36,11 @@ def cmd_train(args) -> int:
         if final is None:  # a worker rank
             return 0
     else:
-        final = Trainer(cfg, resume=bool(args.resume)).run()
+        trainer = Trainer(cfg, resume=bool(args.resume))
+        try:
+            final = trainer.run()
+        finally:
+            trainer.close()
     print(json.dumps({"run_dir": cfg.train.run_dir, **final}, indent=1))
     return 0
 

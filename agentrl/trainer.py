@@ -193,6 +193,12 @@ class Trainer:
             plot_curves(self.run_dir)
         return final
 
+    def close(self) -> None:
+        """Release the envs (browsers, sandboxes, Ray env workers) and the rollout threads."""
+        if self.prefetch is not None:
+            self.prefetch.close()
+        self.collector.close()
+
     def sft(self) -> None:
         from .sft import make_demonstrations, sft_train
 

@@ -279,9 +279,13 @@ def train(cfg, resume: bool = False) -> Optional[dict]:
                 raise
             finally:
                 dist.broadcast_object_list(box, src=0)
+            trainer = None
             try:
-                return Trainer(cfg, resume=resume).run()
+                trainer = Trainer(cfg, resume=resume)
+                return trainer.run()
             finally:
+                if trainer is not None:
+                    trainer.close()
                 stop_workers()
         box = [None]
         dist.broadcast_object_list(box, src=0)

@@ -147,7 +147,7 @@ def test_a_training_step_runs_its_rollouts_in_workers(tmp_path, tiny_dir):
         tr.run()
         assert tr.collector.workers is not None and len(tr.collector.workers.actors) == 2
     finally:
-        tr.collector.close()
+        tr.close()
     with open(os.path.join(run, "metrics.jsonl")) as f:
         step = [r for r in map(json.loads, f) if "rollout/success" in r][0]
     assert step["rollout/worker_restarts"] == 0 and step["rollout/env_errors"] == 0
