@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -15,8 +14,7 @@ from .algos import ADVANTAGES, KL, keep_groups_with_signal, keep_top_std_groups,
 from .algos.tis import tis_stats
 from .backends.base import GENERATORS
 from .backends.learner import Learner, make_ref_model
-from .backends.lora import (apply_lora, copy_policy_into, is_adapter_dir, is_lora, load_lora, plain_copy,
-                            save_merged)
+from .backends.lora import apply_lora, is_adapter_dir, is_lora, load_lora, plain_copy, save_merged
 from .config import Config, ConfigError, dump_config
 from .data.collate import advantage_input, collate, token_advantages, with_fields
 from .eval import evaluate, summarize
@@ -69,8 +67,9 @@ def load_reference(cfg: Config, model, resume_from: Optional[str], device: str):
         return make_ref_model(model)
     src = os.path.join(cfg.train.run_dir, CKPT, "step_000000")
     src = src if os.path.isdir(src) else ensure_model(cfg)
-    ref, _ = load_model(ensure_model(cfg) if is_adapter_dir(src) else src, dtype=cfg.model.dtype, device=device)
-    if is_adapter_dir(src):  # LoRA + SFT warm start: the base with the post-SFT adapter merged in
+    adapter = is_adapter_dir(src)
+    ref, _ = load_model(ensure_model(cfg) if adapter else src, dtype=cfg.model.dtype, device=device)
+    if adapter:  # LoRA + SFT warm start: the base with the post-SFT adapter merged in
         ref = plain_copy(load_lora(ref, src), device=device)
     return make_ref_model(ref)
 
@@ -158,10 +157,8 @@ class Trainer:
 
     def sync(self) -> None:
         """Bring the generator up to date with the policy (merged weights for a LoRA policy)."""
-        if self.cfg.learner.strategy == "fsdp":  # gathered from the shards (a collective)
+        if self.gen_model is not self.model:  # (fsdp: gathered from the shards, a collective)
             self.learner.copy_policy_into(self.gen_model)
-        elif self.gen_model is not self.model:
-            copy_policy_into(self.gen_model, self.model)
         self.generator.sync_weights(self.gen_model)
 
     # ------------------------------------------------------------------ run
@@ -200,7 +197,7 @@ class Trainer:
         self.collector.close()
 
     def sft(self) -> None:
-        from .sft import make_demonstrations, sft_train
+        from .sft import make_demonstrations
 
         s = self.cfg.sft
         tasks = self.task_env.make_tasks("train", s.n_demos, seed=s.seed + 77)
@@ -208,9 +205,8 @@ class Trainer:
                                     self.cfg.rollout.max_turns, s.corrupt_share, s.seed, self.cfg.rollout.render_tools,
                                     s.corrupt_turn, wrappers=self.cfg.env.wrappers)
         demo_stats = {"sft/demos": len(demos), "sft/demo_success": float(np.mean([d.success for d in demos]))}
-        train = self.learner.sft if self.cfg.learner.strategy == "fsdp" else partial(sft_train, self.model)
-        train(demos, s, self.tokenizer.pad_token_id,
-              log=lambda m: self.logger.log({"train/step": 0, **demo_stats, **m}))
+        self.learner.sft(demos, s, self.tokenizer.pad_token_id,
+                         log=lambda m: self.logger.log({"train/step": 0, **demo_stats, **m}))
 
     def log_eval(self, step: int) -> dict:
         with self.timer("eval"):

@@ -161,6 +161,19 @@ class Learner:
             g["lr"] = lr
         return lr
 
+    def copy_policy_into(self, dst: torch.nn.Module) -> None:
+        """Overwrite the plain model `dst` with the policy's current weights (merged for LoRA); the generator's
+        separate copy is refreshed this way."""
+        from .lora import copy_policy_into
+
+        copy_policy_into(dst, self.model)
+
+    def sft(self, demos, sft_cfg, pad_id: int, log=None) -> dict:
+        """SFT warm start of the policy (agentrl.sft.sft_train)."""
+        from ..sft import sft_train
+
+        return sft_train(self.model, demos, sft_cfg, pad_id, log=log)
+
     @torch.no_grad()
     def reset_reference(self) -> None:
         """Make the reference model the current policy (merged weights for LoRA). The trainer calls it after the
